@@ -1,0 +1,262 @@
+"""The request path for model calls: resolve the model, pick a backend, send, fail over.
+
+For each target (the model asked for, then its fallbacks) the pool's candidates are tried in
+order: loaded first, fewest in flight, local before cloud. A candidate that refuses before the
+first byte (connection error, 429, 502-504, or a 404 from stale discovery) is skipped and the
+next one tried, up to ``routing.max_attempts``. Once a response has started there is no retry:
+a failure then becomes the dialect's in-stream error.
+
+When the client's dialect is the backend's own, the request bytes go through untouched (or
+re-encoded once when an alias changed the model or options) and the response bytes come back
+untouched, forwarded record by record; otherwise the canonical request goes to the backend
+adapter and canonical chunks come back for the api layer to encode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+import msgspec
+
+from hearth.backends.base import RawResponse
+from hearth.backends.pool import BackendState, Pool
+from hearth.errors import BackendUnavailable, HearthError, ModelNotFound, NoBackend, UpstreamError
+from hearth.gateway.router import Router, Target
+from hearth.protocol.canonical import (
+    ChatRequest,
+    Chunk,
+    CompletionRequest,
+    EmbedRequest,
+    EmbedResult,
+    Endpoint,
+)
+
+log = logging.getLogger("hearth.gateway")
+
+Dialect = Literal["ollama", "openai"]
+CanonicalRequest = ChatRequest | CompletionRequest | EmbedRequest
+
+# Ollama options that OpenAI requests carry as top-level fields, for same-dialect passthrough.
+_OPENAI_FIELDS = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "seed": "seed",
+    "stop": "stop",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+    "num_predict": "max_tokens",
+}
+
+
+@dataclass(slots=True)
+class Call:
+    """One model call as the api layer hands it over: validated, not yet routed."""
+
+    dialect: Dialect
+    endpoint: Endpoint
+    path: str  # the client's path: /api/chat, /v1/chat/completions, /api/embeddings ...
+    body: dict[str, Any]
+    raw: bytes
+    request: CanonicalRequest
+
+
+class _Lease:
+    """One request's hold on a backend: in-flight count and breaker outcome, settled once."""
+
+    __slots__ = ("_done", "state")
+
+    def __init__(self, state: BackendState) -> None:
+        self.state = state
+        self._done = False
+        state.in_flight += 1
+        state.breaker.begin()
+
+    def settle(self, ok: bool) -> None:
+        if self._done:
+            return
+        self._done = True
+        self.state.in_flight -= 1
+        if ok:
+            self.state.breaker.success()
+        else:
+            self.state.breaker.failure()
+
+
+class Passthrough:
+    """A same-dialect response: bytes forwarded as they come, whole records only."""
+
+    def __init__(self, raw: RawResponse, lease: _Lease, sse: bool) -> None:
+        self.raw = raw
+        self.backend = raw.backend
+        self._lease = lease
+        self._sse = sse
+        self.last_record: bytes = b""  # the final NDJSON line / SSE event, for usage peeking
+
+    async def read(self) -> bytes:
+        try:
+            body = await self.raw.read()
+        except BaseException:
+            self._lease.settle(False)
+            raise
+        self._lease.settle(True)
+        self.last_record = body
+        return body
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        """Forward upstream bytes up to the last complete record, so an error line we may have
+        to append never lands inside a half-sent record."""
+        seps = (b"\n\n", b"\r\n\r\n") if self._sse else (b"\n",)
+        pending = b""
+        ok = False
+        try:
+            async for data in self.raw.iter_chunks():
+                pending += data
+                cut = max(pending.rfind(s) + len(s) if pending.rfind(s) >= 0 else 0 for s in seps)
+                if cut:
+                    out, pending = pending[:cut], pending[cut:]
+                    self.last_record = out
+                    yield out
+            if pending:
+                self.last_record = pending
+                yield pending
+            ok = True
+        finally:
+            self.raw.close()
+            self._lease.settle(ok)
+
+
+class Translated:
+    """A cross-dialect response: canonical chunks (or an embedding) for the api layer to encode."""
+
+    def __init__(self, backend: str, model: str, lease: _Lease) -> None:
+        self.backend = backend
+        self.model = model
+        self._lease = lease
+
+    async def guard(self, chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+        ok = False
+        try:
+            async for c in chunks:
+                yield c
+            ok = True
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            self._lease.settle(ok)
+
+
+@dataclass(slots=True)
+class ChunkStream:
+    meta: Translated
+    chunks: AsyncIterator[Chunk]
+
+
+@dataclass(slots=True)
+class Embedding:
+    backend: str
+    result: EmbedResult
+
+
+Outcome = Passthrough | ChunkStream | Embedding
+
+
+class Gateway:
+    def __init__(self, pool: Pool, router: Router, max_attempts: int) -> None:
+        self.pool = pool
+        self.router = router
+        self.max_attempts = max_attempts
+
+    async def dispatch(self, call: Call) -> Outcome:
+        targets = self.router.targets(call.request.model)
+        plan = [(t, s) for t in targets for s in self.pool.candidates(t.model)]
+        if not plan:
+            if not any(self.pool.knows(t.model) for t in targets):
+                # Discovery may be stale (a model pulled on the backend directly): look once more.
+                await self.pool.refresh()
+                plan = [(t, s) for t in targets for s in self.pool.candidates(t.model)]
+            if not plan:
+                if any(self.pool.knows(t.model) for t in targets):
+                    raise NoBackend(f"no backend is available for model '{call.request.model}'")
+                raise ModelNotFound(call.request.model)
+        last: HearthError | None = None
+        for target, state in plan[: self.max_attempts]:
+            try:
+                return await self._try(call, target, state)
+            except BackendUnavailable as exc:
+                log.info("backend %s refused %s: %s; trying the next", state.name, target.model, exc.message)
+                last = exc
+            except UpstreamError as exc:
+                if exc.status != 404:
+                    raise
+                # Stale discovery: this backend no longer has the model.
+                last = exc
+                asyncio.get_running_loop().create_task(self.pool.refresh([state]))
+        assert last is not None
+        if isinstance(last, UpstreamError) and last.status == 404:
+            raise ModelNotFound(call.request.model) from last
+        raise last
+
+    async def _try(self, call: Call, target: Target, state: BackendState) -> Outcome:
+        backend = state.backend
+        lease = _Lease(state)
+        try:
+            if backend.kind == call.dialect:
+                body = self._native_body(call, target)
+                raw = await backend.forward("POST", backend.native_path(call.path), body)
+                return Passthrough(raw, lease, sse=call.dialect == "openai" and _wants_stream(call))
+            req = _retarget(call.request, target)
+            meta = Translated(backend.name, target.model, lease)
+            if isinstance(req, EmbedRequest):
+                result = await backend.embed(req)
+                lease.settle(True)
+                return Embedding(backend.name, result)
+            if isinstance(req, ChatRequest):
+                chunks = await backend.chat(req)
+            else:
+                chunks = await backend.complete(req)
+            return ChunkStream(meta, meta.guard(chunks))
+        except UpstreamError as exc:
+            # 429 means busy, 404 stale discovery, other 4xx the client's fault: none of these
+            # make a backend unhealthy; refused connections and 5xx do.
+            lease.settle(exc.status < 500 and not (isinstance(exc, BackendUnavailable) and exc.status != 429))
+            raise
+        except BaseException:
+            lease.settle(False)
+            raise
+
+    def _native_body(self, call: Call, target: Target) -> bytes:
+        if not target.changes_request and target.model == call.body.get("model"):
+            return call.raw
+        body = dict(call.body)
+        body["model"] = target.model
+        if call.dialect == "ollama":
+            opts = target.options(body.get("options") if isinstance(body.get("options"), dict) else None)
+            if opts:
+                body["options"] = opts
+            if target.keep_alive is not None:
+                body["keep_alive"] = target.keep_alive
+        else:
+            for name, value in target.defaults.items():
+                field = _OPENAI_FIELDS.get(name)
+                if field is None or field in body:
+                    continue
+                if field == "max_tokens" and "max_completion_tokens" in body:
+                    continue
+                body[field] = value
+        return msgspec.json.encode(body)
+
+
+def _wants_stream(call: Call) -> bool:
+    return bool(getattr(call.request, "stream", False))
+
+
+def _retarget(req: CanonicalRequest, target: Target) -> CanonicalRequest:
+    if not target.changes_request and target.model == req.model:
+        return req
+    keep_alive = target.keep_alive if target.keep_alive is not None else req.keep_alive
+    return replace(req, model=target.model, options=target.options(req.options), keep_alive=keep_alive)

@@ -1,0 +1,287 @@
+"""Typed settings: a YAML file, ``${ENV}`` interpolation, ``HEARTH_*`` overrides; loaded once.
+
+This is the only module that reads the environment. Precedence, lowest first: built-in
+defaults, the YAML file, ``HEARTH_<SECTION>__<KEY>`` variables (``HEARTH_SERVER__PORT=8080``,
+``HEARTH_BACKENDS__0__URL=...``; values are parsed as YAML scalars), then CLI flags.
+
+``${VAR}`` and ``${VAR:-default}`` are replaced anywhere in the file. A missing variable is an
+error naming the key, except in a backend's ``api_key``: such a backend is disabled until the
+variable is set, so one config file serves machines with and without cloud keys.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+import yaml
+
+from hearth.errors import ConfigError
+
+DEFAULT_PORT = 11435
+ENV_PREFIX = "HEARTH_"
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    data_dir: str = "~/.local/share/hearth"
+    # Bodies above this answer 413. Images travel base64 inside JSON, hence the generous default.
+    max_body_bytes: int = 32 * 1024 * 1024
+    # Guards /admin/*. Without it, admin endpoints answer only to loopback clients.
+    admin_key: str | None = None
+    log_level: str = "info"
+
+
+class TimeoutSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    connect: float = 5.0
+    # Longest silence from a backend: until the response starts (a cold model load on Ollama
+    # can take minutes) and between two chunks of a stream.
+    read: float = 600.0
+
+
+class BackendSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    name: str
+    kind: Literal["ollama", "openai"]
+    url: str
+    api_key: str | None = None
+    # Static list of models served; if empty, discovered by polling.
+    models: list[str] = msgspec.field(default_factory=list)
+    # A cloud backend: off-limits to local-only tenants (issue 3) and tried after local ones.
+    cloud: bool = False
+    enabled: bool = True
+    # Set by the loader when api_key named an environment variable that is not set.
+    disabled_reason: str | None = None
+
+
+class DiscoverySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    interval: float = 10.0
+    timeout: float = 5.0
+
+
+class BreakerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    # Consecutive failures that open the breaker, and how long it stays open before a probe.
+    failures: int = 3
+    cooldown: float = 30.0
+
+
+class RoutingSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    # How many candidates (backend, model) one request may try before giving up.
+    max_attempts: int = 4
+    breaker: BreakerSettings = msgspec.field(default_factory=BreakerSettings)
+
+
+class ModelDefaults(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Default options for a model or alias. Runner options (num_ctx...) are enforced."""
+
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
+    keep_alive: str | int | float | None = None
+
+
+class AliasSettings(ModelDefaults, forbid_unknown_fields=True, kw_only=True):
+    model: str
+    fallbacks: list[str] = msgspec.field(default_factory=list)
+
+
+class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    timeouts: TimeoutSettings = msgspec.field(default_factory=TimeoutSettings)
+    discovery: DiscoverySettings = msgspec.field(default_factory=DiscoverySettings)
+    routing: RoutingSettings = msgspec.field(default_factory=RoutingSettings)
+    backends: list[BackendSettings] = msgspec.field(default_factory=list)
+    aliases: dict[str, AliasSettings] = msgspec.field(default_factory=dict)
+    models: dict[str, ModelDefaults] = msgspec.field(default_factory=dict)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.server.data_dir).expanduser()
+
+
+def _interpolate(node: Any, path: str, env: Mapping[str, str], missing: dict[str, str]) -> Any:
+    if isinstance(node, dict):
+        return {k: _interpolate(v, f"{path}.{k}" if path else str(k), env, missing) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolate(v, f"{path}[{i}]", env, missing) for i, v in enumerate(node)]
+    if not isinstance(node, str) or "${" not in node:
+        return node
+
+    def replace(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        missing[path] = name
+        return ""
+
+    return _ENV_REF.sub(replace, node)
+
+
+def _parse_scalar(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _apply_overrides(data: dict[str, Any], env: Mapping[str, str]) -> None:
+    for var, value in sorted(env.items()):
+        if not var.startswith(ENV_PREFIX) or "__" not in var:
+            continue
+        keys = var[len(ENV_PREFIX) :].lower().split("__")
+        node: Any = data
+        for i, key in enumerate(keys):
+            last = i == len(keys) - 1
+            if isinstance(node, list):
+                if not key.isdigit() or int(key) >= len(node):
+                    raise ConfigError(f"{var}: no list item {key!r} to override")
+                if last:
+                    node[int(key)] = _parse_scalar(value)
+                else:
+                    node = node[int(key)]
+            elif isinstance(node, dict):
+                if last:
+                    node[key] = _parse_scalar(value)
+                else:
+                    node = node.setdefault(key, {})
+            else:
+                raise ConfigError(f"{var}: {'.'.join(keys[:i])} is not a section")
+
+
+def _friendly(exc: msgspec.ValidationError) -> str:
+    # msgspec says "Expected `int`, got `str` - at `$.server.port`"; lead with the key instead.
+    text = str(exc)
+    msg, sep, where = text.rpartition(" - at `")
+    if not sep:
+        return text
+    key = where.rstrip("`").removeprefix("$").lstrip(".") or "(top level)"
+    return f"{key}: {msg}"
+
+
+def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read, interpolate, override and validate. Raises ConfigError naming the bad key."""
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping at the top level")
+        data = loaded
+    missing: dict[str, str] = {}
+    data = _interpolate(data, "", env, missing)
+    _apply_overrides(data, env)
+    aliases = data.get("aliases")
+    if isinstance(aliases, dict):
+        # `coder: qwen2.5-coder:14b` is shorthand for `coder: {model: qwen2.5-coder:14b}`.
+        data["aliases"] = {k: {"model": v} if isinstance(v, str) else v for k, v in aliases.items()}
+    if "backends" not in data:
+        data["backends"] = [{"name": "local", "kind": "ollama", "url": _default_ollama_url(env)}]
+    try:
+        settings = msgspec.convert(data, Settings)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid config: {_friendly(exc)}") from exc
+    for key, var in missing.items():
+        m = re.fullmatch(r"backends\[(\d+)\]\.api_key", key)
+        if m is None:
+            raise ConfigError(f"invalid config: {key}: environment variable {var} is not set")
+        backend = settings.backends[int(m.group(1))]
+        backend.enabled = False
+        backend.disabled_reason = f"environment variable {var} is not set"
+    _check(settings)
+    return settings
+
+
+def _default_ollama_url(env: Mapping[str, str]) -> str:
+    host = env.get("OLLAMA_HOST", "127.0.0.1:11434")
+    return host if "://" in host else f"http://{host}"
+
+
+def _check(s: Settings) -> None:
+    names = [b.name for b in s.backends]
+    for n in names:
+        if names.count(n) > 1:
+            raise ConfigError(f"invalid config: backends: name {n!r} is used twice")
+    for i, b in enumerate(s.backends):
+        if not b.url.startswith(("http://", "https://")):
+            raise ConfigError(f"invalid config: backends[{i}].url: expected an http:// or https:// URL")
+    if not 0 < s.server.port < 65536:
+        raise ConfigError("invalid config: server.port: expected 1-65535")
+    if s.server.max_body_bytes <= 0:
+        raise ConfigError("invalid config: server.max_body_bytes: expected a positive number")
+    for name, alias in s.aliases.items():
+        if alias.model == name:
+            raise ConfigError(f"invalid config: aliases.{name}.model: an alias cannot point at itself")
+
+
+EXAMPLE_CONFIG = """\
+# Hearth configuration. Every key is optional; these are the defaults unless marked "example".
+# ${VAR} and ${VAR:-default} are read from the environment. Any key can also be set with
+# HEARTH_<SECTION>__<KEY>, e.g. HEARTH_SERVER__PORT=8080 or HEARTH_BACKENDS__0__URL=http://...
+
+server:
+  host: 127.0.0.1          # 0.0.0.0 to serve your LAN
+  port: 11435
+  data_dir: ~/.local/share/hearth   # the embedded SQLite store lives here
+  max_body_bytes: 33554432 # larger bodies answer 413
+  # admin_key: ${HEARTH_ADMIN_KEY}  # guards /admin/*; without it only loopback may call them
+
+timeouts:                  # seconds
+  connect: 5
+  read: 600                # longest silence: first byte (a cold model load) or between chunks
+
+discovery:
+  interval: 10             # how often each backend is polled (/api/tags + /api/ps, /v1/models)
+  timeout: 5
+
+routing:
+  max_attempts: 4          # candidates tried per request (other backend, fallback model...)
+  breaker:
+    failures: 3            # consecutive failures that take a backend out of rotation
+    cooldown: 30           # seconds before one probe request may try it again
+
+backends:
+  - name: local
+    kind: ollama           # native Ollama API
+    url: http://127.0.0.1:11434
+  # - name: gpu-box        # example: a second Ollama
+  #   kind: ollama
+  #   url: http://192.168.1.20:11434
+  # - name: vllm           # example: any OpenAI-compatible server (vLLM, llama.cpp, LM Studio)
+  #   kind: openai
+  #   url: http://192.168.1.30:8000/v1
+  # - name: openai         # example: a cloud API; disabled while OPENAI_API_KEY is unset
+  #   kind: openai
+  #   url: https://api.openai.com/v1
+  #   api_key: ${OPENAI_API_KEY}
+  #   cloud: true
+  #   models: [gpt-4o-mini]  # serve only these (skip the huge discovered list)
+
+aliases: {}
+# aliases:                 # example: service-facing names with enforced defaults
+#   healthrag:
+#     model: llama3.1:8b
+#     options: {num_ctx: 8192, temperature: 0.2}   # num_ctx & co. are enforced: no reloads
+#     keep_alive: 30m
+#     fallbacks: [llama3.2:3b, gpt-4o-mini]        # tried in order when the model is unavailable
+#   coder:
+#     model: qwen2.5-coder:14b
+#     options: {num_ctx: 16384}
+
+models: {}
+# models:                  # example: defaults for clients that use a real model name
+#   llama3.1:8b:
+#     options: {num_ctx: 8192}
+"""

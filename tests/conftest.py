@@ -1,0 +1,90 @@
+"""Shared fixtures: a real Hearth server on loopback, in a thread, built by create_app."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import uvicorn
+
+from hearth.app import create_app
+from hearth.settings import Settings, load_settings
+
+
+class LiveHearth:
+    """Hearth served by uvicorn on 127.0.0.1 on an ephemeral port, for real HTTP clients."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.app = create_app(settings)
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=0, loop="asyncio", log_level="warning", lifespan="on"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = ""
+
+    def __enter__(self) -> LiveHearth:
+        self.thread.start()
+        ready = threading.Event()
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise RuntimeError("hearth failed to start")
+            ready.wait(0.005)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+    @property
+    def pool(self) -> Any:
+        return self.app.state.pool
+
+    def refresh(self) -> None:
+        """Run a discovery round now (on the server's loop) instead of waiting for the interval."""
+        loop = self.server_loop()
+        asyncio.run_coroutine_threadsafe(self.pool.refresh(), loop).result(timeout=10)
+
+    def server_loop(self) -> asyncio.AbstractEventLoop:
+        for s in self.server.servers:
+            return s.get_loop()  # type: ignore[no-any-return]
+        raise RuntimeError("not started")
+
+
+def make_settings(backends: list[dict[str, Any]], **extra: Any) -> Settings:
+    data: dict[str, Any] = {"backends": backends, "discovery": {"interval": 3600}}
+    data.update(extra)
+    import yaml
+
+    return _from_dict(yaml.safe_dump(data))
+
+
+def _from_dict(text: str) -> Settings:
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "hearth.yaml"
+        p.write_text(text)
+        return load_settings(p, env={})
+
+
+@pytest.fixture
+def live() -> Iterator[Any]:
+    """Factory: ``with live(settings) as hearth`` starts a real server and stops it after."""
+    servers: list[LiveHearth] = []
+
+    def start(settings: Settings) -> LiveHearth:
+        h = LiveHearth(settings)
+        servers.append(h)
+        return h.__enter__()
+
+    yield start
+    for h in servers:
+        h.__exit__(None, None, None)
