@@ -88,3 +88,20 @@ def live() -> Iterator[Any]:
     yield start
     for h in servers:
         h.__exit__(None, None, None)
+
+
+@pytest.fixture
+def oc() -> Iterator[Any]:
+    """Factory for official ollama clients, all closed after the test."""
+    import ollama
+
+    made: list[ollama.Client] = []
+
+    def make(url: str) -> ollama.Client:
+        c = ollama.Client(host=url)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()

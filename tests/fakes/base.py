@@ -68,7 +68,7 @@ class Streamed:
     content_type: str
     error_chunk: Callable[[str], bytes] | None = None
     headers: dict[str, str] = field(default_factory=dict)
-    #: called once the whole stream has been sent cleanly (e.g. a pull adds its model)
+    #: called just before the first tail chunk is sent (e.g. a pull adds its model before "success")
     on_complete: Callable[[], None] | None = None
 
 
@@ -92,7 +92,7 @@ class FakeServer:
     """Base class: do not use directly (see FakeOllama, FakeOpenAI)."""
 
     #: how long stop() lets in-flight handlers finish before cancelling them (seconds)
-    shutdown_timeout = 0.2
+    shutdown_timeout = 0.1
 
     def __init__(self) -> None:
         self.delay_first_byte: float = 0.0
@@ -110,12 +110,18 @@ class FakeServer:
         self._gate: asyncio.Event | None = None
         self._port: int | None = None
         self._start_error: BaseException | None = None
+        self._bind_port = 0
+        self._last_port: int | None = None
+        self._active: set[asyncio.BaseTransport] = set()  # connections with a request in progress
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> FakeServer:
+    def start(self, port: int = 0) -> FakeServer:
+        """Serve on 127.0.0.1:``port`` (0 = an ephemeral port) from a background thread."""
         if self._thread is not None:
             raise RuntimeError(f"{type(self).__name__} already started")
         self._stopping = False
+        self._start_error = None
+        self._bind_port = port
         ready = threading.Event()
         self._thread = threading.Thread(
             target=self._run, args=(ready,), name=f"{type(self).__name__}-loop", daemon=True
@@ -127,9 +133,12 @@ class FakeServer:
             self._thread.join()
             self._thread = None
             raise RuntimeError(f"{type(self).__name__} failed to start") from self._start_error
+        self._last_port = self._port
         return self
 
     def stop(self) -> None:
+        """Stop like a killed process: connections with a request in progress are aborted at once
+        (clients see a reset / incomplete body), idle keep-alive connections are closed. Idempotent."""
         thread, loop = self._thread, self._loop
         if thread is None or loop is None:
             return
@@ -141,6 +150,12 @@ class FakeServer:
         self._thread = None
         self._loop = None
         self._port = None
+
+    def restart(self) -> FakeServer:
+        """stop() then start() again on the same port; state (models, script, counters) is kept."""
+        port = self._last_port or 0
+        self.stop()
+        return self.start(port)
 
     def __enter__(self) -> FakeServer:
         return self.start()
@@ -181,11 +196,14 @@ class FakeServer:
         )
         self._runner = runner
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", self._bind_port)
         await site.start()
         self._port = int(runner.addresses[0][1])
 
     async def _acleanup(self) -> None:
+        for transport in list(self._active):
+            transport.abort()
+        self._active.clear()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -270,24 +288,24 @@ class FakeServer:
         """The next ``times`` generation requests answer ``status`` with the dialect's error body
         (``message`` or a realistic default), before any byte of body. ``retry_after`` adds a
         Retry-After header."""
-        self._push(Fail(status, message, retry_after), times)
+        self._enqueue(Fail(status, message, retry_after), times)
 
     def drop_next(self, times: int = 1) -> None:
         """The next ``times`` generation requests get their TCP connection aborted without any answer."""
-        self._push(Drop(), times)
+        self._enqueue(Drop(), times)
 
     def die_mid_stream_next(self, after_chunks: int = 2, times: int = 1) -> None:
         """The next generation responses send ``after_chunks`` chunks (NDJSON lines / SSE events; capped
         so the final chunk is never sent) then abort the connection. A non-streamed response sends its
         headers and half its body, then aborts."""
-        self._push(DieMidStream(after_chunks), times)
+        self._enqueue(DieMidStream(after_chunks), times)
 
     def error_mid_stream_next(
         self, after_chunks: int = 2, message: str = "fake mid-stream error", times: int = 1
     ) -> None:
         """Status 200, ``after_chunks`` chunks, then the dialect's in-band error chunk and a clean end
         (Ollama: an {"error": ...} line; OpenAI: data: {"error": {...}})."""
-        self._push(ErrorMidStream(after_chunks, message), times)
+        self._enqueue(ErrorMidStream(after_chunks, message), times)
 
     def clear_script(self) -> None:
         with self._cond:
@@ -298,7 +316,7 @@ class FakeServer:
         with self._cond:
             return len(self._script)
 
-    def _push(self, action: Action, times: int) -> None:
+    def _enqueue(self, action: Action, times: int) -> None:
         with self._cond:
             self._script.extend([action] * times)
 
@@ -364,6 +382,9 @@ class FakeServer:
         rejected = await self._gatekeeper(request)
         if rejected is not None:
             return rejected
+        transport = request.transport
+        if transport is not None:
+            self._active.add(transport)
         try:
             return await handler(request)
         except web.HTTPNotFound:
@@ -373,6 +394,9 @@ class FakeServer:
         except asyncio.CancelledError:
             self._note_cancelled(request)
             raise
+        finally:
+            if transport is not None:
+                self._active.discard(transport)
 
     def _note_cancelled(self, request: web.Request) -> None:
         state = request.get(_STATE_KEY)
@@ -460,6 +484,8 @@ class FakeServer:
             for i, chunk in enumerate(to_send):
                 if i and self.chunk_delay > 0:
                     await asyncio.sleep(self.chunk_delay)
+                if i == max(body_len, 0) and action is None and result.on_complete is not None:
+                    result.on_complete()  # before the final chunk, so clients see the new state
                 await resp.write(chunk)
             if isinstance(action, DieMidStream):
                 await self._abort(request)
@@ -467,9 +493,6 @@ class FakeServer:
             await resp.write_eof()
         except ConnectionResetError:
             self._note_cancelled(request)
-            return resp
-        if action is None and result.on_complete is not None:
-            result.on_complete()
         return resp
 
     async def _abort(self, request: web.Request) -> None:

@@ -78,6 +78,9 @@ class RawResponse:
             async for data in self._resp.content.iter_any():
                 yield data
         except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+            tail = _salvage(self._resp.content)
+            if tail:
+                yield tail
             raise UpstreamError(f"backend '{self.backend}' closed the stream early", 502) from exc
         finally:
             self.close()
@@ -102,6 +105,20 @@ class RawResponse:
         # backend notices and stops generating.
         if not self._resp.closed:
             self._resp.close()
+
+
+def _salvage(content: aiohttp.StreamReader) -> bytes:
+    """Bytes that arrived together with a connection reset.
+
+    aiohttp's readany() raises the stored error before handing over what is still buffered, so
+    a backend's last chunks before dying would be lost; a proxy must forward them. This reaches
+    into aiohttp's StreamReader (pinned version; tests/gateway/test_failover.py guards it).
+    """
+    try:
+        data: bytes = content._read_nowait(-1)
+    except (AttributeError, TimeoutError, aiohttp.ClientError):
+        return b""
+    return data
 
 
 def error_message(body: bytes) -> str:

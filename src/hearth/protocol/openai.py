@@ -262,7 +262,7 @@ def _content(value: object, path: str) -> tuple[str, list[str]]:
         p = _obj(part, ppath)
         kind = _req_str(p, "type", ppath)
         if kind == "text":
-            texts.append(_req_str(p, "text", ppath))
+            texts.append(p.get("text", ""))
         elif kind == "image_url":
             image = p.get("image_url")
             # A bare string is what some older clients send instead of {"url": ...}.
