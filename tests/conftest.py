@@ -58,8 +58,19 @@ class LiveHearth:
 
 
 def make_settings(backends: list[dict[str, Any]], **extra: Any) -> Settings:
-    data: dict[str, Any] = {"backends": backends, "discovery": {"interval": 3600}}
-    data.update(extra)
+    import tempfile
+
+    data_dir = tempfile.mkdtemp(prefix="hearth-test-")
+    data: dict[str, Any] = {
+        "backends": backends,
+        "discovery": {"interval": 3600},
+        "server": {"data_dir": data_dir},
+    }
+    for key, value in extra.items():
+        if key == "server":
+            data["server"].update(value)
+        else:
+            data[key] = value
     import yaml
 
     return _from_dict(yaml.safe_dump(data))

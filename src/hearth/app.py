@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 from starlette.applications import Starlette
@@ -17,8 +19,10 @@ from hearth.backends.pool import Pool
 from hearth.gateway.catalog import Catalog
 from hearth.gateway.dispatch import Gateway
 from hearth.gateway.manage import Manager
+from hearth.gateway.records import RequestLog
 from hearth.gateway.router import Router
 from hearth.settings import Settings
+from hearth.store.db import Store
 
 log = logging.getLogger("hearth")
 
@@ -26,27 +30,40 @@ log = logging.getLogger("hearth")
 def create_app(settings: Settings) -> Starlette:
     router = Router(settings)
     pool = Pool(settings)
-    gateway = Gateway(pool, router, settings.routing.max_attempts)
+    store = Store(settings.store_url)
+    records = RequestLog(
+        store if settings.store.log_requests else None,
+        settings.store.flush_interval,
+        settings.store.max_pending,
+    )
+    gateway = Gateway(pool, router, settings.routing.max_attempts, records)
     catalog = Catalog(pool, router)
     routes: list[BaseRoute] = [
         *OllamaAPI(settings, gateway, catalog, Manager(pool)).routes(),
         *OpenAIAPI(settings, gateway, catalog).routes(),
-        *AdminAPI(settings, pool).routes(),
+        *AdminAPI(settings, pool, store, records).routes(),
     ]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # No cap on upstream connections: admission control, not the HTTP pool, decides how
         # many requests reach a backend.
+        if store.url.startswith("sqlite:///"):
+            Path(store.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(store.migrate)
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300))
         try:
             await pool.start(session)
+            records.start()
             log.info("hearth ready: %d backends, %d up", len(pool.states), sum(s.up for s in pool.states))
             yield
         finally:
             await pool.stop()
             await session.close()
+            await records.stop()  # graceful shutdown: nothing recorded is lost
+            store.close()
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.pool = pool
+    app.state.records = records
     return app

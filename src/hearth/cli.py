@@ -92,6 +92,21 @@ def init(config_path: Path, force: bool) -> None:
 
 @main.command()
 @config_option
+def migrate(config_path: Path | None) -> None:
+    """Create or upgrade the database schema (serve also does this at start-up)."""
+    from hearth.store.db import Store
+
+    settings = _load(config_path)
+    if settings.store.url is None:
+        settings.data_path.mkdir(parents=True, exist_ok=True)
+    store = Store(settings.store_url)
+    store.migrate()
+    store.close()
+    click.echo(f"database is up to date: {store.engine.url.render_as_string(hide_password=True)}")
+
+
+@main.command()
+@config_option
 def check(config_path: Path | None) -> None:
     """Validate the settings file and print what it resolves to."""
     settings = _load(config_path)

@@ -88,8 +88,20 @@ class AliasSettings(ModelDefaults, forbid_unknown_fields=True, kw_only=True):
     fallbacks: list[str] = msgspec.field(default_factory=list)
 
 
+class StoreSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    # SQLAlchemy URL; empty means the embedded SQLite file <data_dir>/hearth.db.
+    url: str | None = None
+    # Record one row per model call (never prompts or replies).
+    log_requests: bool = True
+    # Rows are written in batches this often; a crash loses at most this much.
+    flush_interval: float = 1.0
+    # Rows held while the store is slow; beyond this they are dropped and counted.
+    max_pending: int = 100_000
+
+
 class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    store: StoreSettings = msgspec.field(default_factory=StoreSettings)
     timeouts: TimeoutSettings = msgspec.field(default_factory=TimeoutSettings)
     discovery: DiscoverySettings = msgspec.field(default_factory=DiscoverySettings)
     routing: RoutingSettings = msgspec.field(default_factory=RoutingSettings)
@@ -100,6 +112,10 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     @property
     def data_path(self) -> Path:
         return Path(self.server.data_dir).expanduser()
+
+    @property
+    def store_url(self) -> str:
+        return self.store.url or f"sqlite:///{self.data_path / 'hearth.db'}"
 
 
 def _interpolate(node: Any, path: str, env: Mapping[str, str], missing: dict[str, str]) -> Any:
@@ -237,6 +253,11 @@ server:
   data_dir: ~/.local/share/hearth   # the embedded SQLite store lives here
   max_body_bytes: 33554432 # larger bodies answer 413
   # admin_key: ${HEARTH_ADMIN_KEY}  # guards /admin/*; without it only loopback may call them
+
+store:
+  # url: postgresql+psycopg://hearth:${PGPASSWORD}@db/hearth   # default: <data_dir>/hearth.db
+  log_requests: true       # one row per call: model, backend, status, timings, tokens; never prompts
+  flush_interval: 1        # seconds between batched writes (a crash loses at most this much)
 
 timeouts:                  # seconds
   connect: 5

@@ -10,7 +10,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from aiohttp import web
 
@@ -115,7 +115,7 @@ class FakeServer:
         self._active: set[asyncio.BaseTransport] = set()  # connections with a request in progress
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self, port: int = 0) -> FakeServer:
+    def start(self, port: int = 0) -> Self:
         """Serve on 127.0.0.1:``port`` (0 = an ephemeral port) from a background thread."""
         if self._thread is not None:
             raise RuntimeError(f"{type(self).__name__} already started")
@@ -151,13 +151,13 @@ class FakeServer:
         self._loop = None
         self._port = None
 
-    def restart(self) -> FakeServer:
+    def restart(self) -> Self:
         """stop() then start() again on the same port; state (models, script, counters) is kept."""
         port = self._last_port or 0
         self.stop()
         return self.start(port)
 
-    def __enter__(self) -> FakeServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(
@@ -375,7 +375,7 @@ class FakeServer:
             json=parsed,
             query=dict(request.query),
         )
-        request[_STATE_KEY] = {"aborted": False, "counted": False, "json": parsed}
+        request[_STATE_KEY] = {"aborted": False, "counted": False, "json": parsed, "in_flight": False}
         with self._cond:
             self._requests.append(rec)
             self._cond.notify_all()
@@ -427,6 +427,7 @@ class FakeServer:
             action = self._script.popleft() if self._script else None
             self._in_flight += 1
             self._max_in_flight = max(self._max_in_flight, self._in_flight)
+            request[_STATE_KEY]["in_flight"] = True
             self._cond.notify_all()
         try:
             if self.delay_first_byte > 0:
@@ -442,7 +443,15 @@ class FakeServer:
             result = await produce(request)
             return await self._send(request, result, action)
         finally:
-            with self._cond:
+            self._leave(request)
+
+    def _leave(self, request: web.Request) -> None:
+        """End a generation request's in-flight span (once). Called just before its last byte or its
+        abort, so a client that has seen the end of the response always sees the counter decremented."""
+        state = request[_STATE_KEY]
+        with self._cond:
+            if state["in_flight"]:
+                state["in_flight"] = False
                 self._in_flight -= 1
                 self._cond.notify_all()
 
@@ -486,6 +495,8 @@ class FakeServer:
                     await asyncio.sleep(self.chunk_delay)
                 if i == max(body_len, 0) and action is None and result.on_complete is not None:
                     result.on_complete()  # before the final chunk, so clients see the new state
+                if i == len(to_send) - 1 and not isinstance(action, DieMidStream):
+                    self._leave(request)
                 await resp.write(chunk)
             if isinstance(action, DieMidStream):
                 await self._abort(request)
@@ -505,6 +516,7 @@ class FakeServer:
                 break
             await asyncio.sleep(0.001)
         request[_STATE_KEY]["aborted"] = True
+        self._leave(request)
         transport.abort()
 
 

@@ -636,7 +636,12 @@ VALID_CHUNK = {
     "eval_count": 3,
     "embeddings": [[1.0, 2]],
 }
-DECODERS = [wire.decode_chat, wire.decode_generate, wire.decode_embed, wire.decode_embeddings]
+CASES = [
+    (wire.decode_chat, VALID_CHAT),
+    (wire.decode_generate, VALID_GENERATE),
+    (wire.decode_embed, VALID_EMBED),
+    (wire.decode_embeddings, {"model": "m", "prompt": "p", "options": {}, "keep_alive": "5m"}),
+]
 RESPONSE_DECODERS = [
     wire.decode_chat_chunk,
     wire.decode_generate_chunk,
@@ -672,25 +677,38 @@ def mutations(body: dict[str, Any]) -> st.SearchStrategy[Any]:
     )
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.sampled_from(DECODERS), json_values)
-def test_decoders_raise_only_bad_request_on_arbitrary_json(decode: Any, body: Any) -> None:
-    with contextlib.suppress(BadRequest):
-        assert_well_typed(decode(body))
+WRONG_VALUES = [_DELETE, None, True, 0, -1, 1.5, "", "s", [], {}, [1], ["s"], [{}], {"a": 1}]
+
+
+@pytest.mark.parametrize(("decode", "body"), CASES)
+def test_decoders_raise_only_bad_request_for_any_field_of_any_type(decode: Any, body: dict[str, Any]) -> None:
+    assert_well_typed(decode(body))
+    for path in paths(body):
+        for value in WRONG_VALUES:
+            with contextlib.suppress(BadRequest):
+                assert_well_typed(decode(replaced(body, path, value)))
 
 
 @settings(max_examples=300, deadline=None)
 @given(
-    st.sampled_from(DECODERS),
-    mutations(VALID_CHAT) | mutations(VALID_GENERATE) | mutations(VALID_EMBED),
+    st.sampled_from(CASES).flatmap(lambda case: st.tuples(st.just(case[0]), json_values | mutations(case[1])))
 )
-def test_decoders_raise_only_bad_request_on_mutated_bodies(decode: Any, body: Any) -> None:
+def test_decoders_raise_only_bad_request_on_arbitrary_json(case: tuple[Any, Any]) -> None:
+    decode, body = case
     with contextlib.suppress(BadRequest):
         assert_well_typed(decode(body))
 
 
+@pytest.mark.parametrize("decode", RESPONSE_DECODERS)
+def test_response_decoders_raise_only_upstream_error_for_any_field_of_any_type(decode: Any) -> None:
+    for path in paths(VALID_CHUNK):
+        for value in WRONG_VALUES:
+            with contextlib.suppress(UpstreamError):
+                assert_well_typed(decode(replaced(VALID_CHUNK, path, value)))
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.sampled_from(RESPONSE_DECODERS), json_values | mutations(VALID_CHUNK))
-def test_response_decoders_raise_only_upstream_error(decode: Any, obj: Any) -> None:
+def test_response_decoders_raise_only_upstream_error_on_arbitrary_json(decode: Any, obj: Any) -> None:
     with contextlib.suppress(UpstreamError):
         assert_well_typed(decode(obj))

@@ -337,21 +337,20 @@ def test_images_become_data_urls_png_unless_recognised() -> None:
 
 
 def test_tool_history_without_ids_gets_matching_ids() -> None:
-    # What an Ollama client sends: calls without ids, results naming the function.
+    # What an Ollama client sends: calls without ids, results in order or naming the function.
+    calls = [ToolCall("a", {"x": 1}), ToolCall("b", {}), ToolCall("c", {})]
     messages = [
-        Message(role="assistant", tool_calls=[ToolCall("a", {"x": 1}), ToolCall("b", {}, index=1)]),
-        Message(role="tool", content="B", tool_name="b"),
+        Message(role="assistant", tool_calls=calls),
+        Message(role="tool", content="C", tool_name="c"),
         Message(role="tool", content="A"),
+        Message(role="tool", content="B"),
     ]
     out = wire.encode_chat(ChatRequest(model="m", messages=messages))["messages"]
-    calls = out[0]["tool_calls"]
+    sent = out[0]["tool_calls"]
     assert out[0]["content"] is None
-    assert [c["function"] for c in calls] == [
-        {"name": "a", "arguments": '{"x":1}'},
-        {"name": "b", "arguments": "{}"},
-    ]
-    assert all(c["id"].startswith("call_") and c["type"] == "function" for c in calls)
-    assert (out[1]["tool_call_id"], out[2]["tool_call_id"]) == (calls[1]["id"], calls[0]["id"])
+    assert sent[0]["function"] == {"name": "a", "arguments": '{"x":1}'}
+    assert all(c["id"].startswith("call_") and c["type"] == "function" for c in sent)
+    assert [m["tool_call_id"] for m in out[1:]] == [sent[2]["id"], sent[0]["id"], sent[1]["id"]]
 
 
 def test_think_level_becomes_reasoning_effort_and_booleans_are_dropped() -> None:
@@ -440,6 +439,13 @@ def test_invalid_streamed_arguments_raise_upstream_error() -> None:
     decoder.feed(delta(tool_calls=[{"index": 0, "id": "a", "function": {"name": "f", "arguments": "{"}}]))
     with pytest.raises(UpstreamError, match="invalid JSON"):
         decoder.feed(finish("tool_calls"))
+
+
+def test_a_streamed_tool_call_without_a_name_raises_upstream_error() -> None:
+    decoder = wire.ChatStreamDecoder()
+    decoder.feed(delta(tool_calls=[{"index": 0, "function": {"arguments": "{}"}}]))
+    with pytest.raises(UpstreamError, match="name"):
+        decoder.finish()
 
 
 def test_decode_chat_response() -> None:
@@ -553,9 +559,10 @@ def test_embeddings_result_floats_and_base64_decode_back() -> None:
     assert wire.encode_embeddings_result(res, True)["data"][0]["embedding"] == "AAAAPwAAAMA="
 
 
-def test_bad_base64_embedding_raises_upstream_error() -> None:
+@pytest.mark.parametrize("embedding", ["AAA", "AAA=", "%%%%"])
+def test_bad_base64_embedding_raises_upstream_error(embedding: str) -> None:
     with pytest.raises(UpstreamError):
-        wire.decode_embeddings_result({"data": [{"embedding": "AAA"}]}, "m")
+        wire.decode_embeddings_result({"data": [{"embedding": embedding}]}, "m")
 
 
 def test_the_openai_sdk_talks_to_the_translator() -> None:
@@ -820,7 +827,11 @@ VALID_RESPONSE = {
     "usage": {"prompt_tokens": 1, "completion_tokens": 2},
     "data": [{"index": 0, "embedding": [1.0]}, {"index": 1, "embedding": "AACAPw=="}],
 }
-DECODERS = [wire.decode_chat, wire.decode_completion, wire.decode_embeddings]
+CASES = [
+    (wire.decode_chat, VALID_CHAT),
+    (wire.decode_completion, VALID_COMPLETION),
+    (wire.decode_embeddings, VALID_EMBEDDINGS),
+]
 _DELETE = object()
 
 
@@ -851,19 +862,11 @@ def mutations(body: dict[str, Any]) -> st.SearchStrategy[Any]:
     )
 
 
-@settings(max_examples=300, deadline=None)
-@given(
-    st.sampled_from(DECODERS),
-    json_values | mutations(VALID_CHAT) | mutations(VALID_COMPLETION) | mutations(VALID_EMBEDDINGS),
-)
-def test_decoders_raise_only_bad_request(decode: Any, body: Any) -> None:
-    with contextlib.suppress(BadRequest):
-        assert_well_typed(decode(body))
+WRONG_VALUES = [_DELETE, None, True, 0, -1, 1.5, "", "s", "{", [], {}, [1], ["s"], [{}], {"a": 1}]
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.lists(json_values | mutations(VALID_RESPONSE), min_size=1, max_size=3))
-def test_response_decoders_raise_only_upstream_error(objs: list[Any]) -> None:
+def decode_all_responses(objs: list[Any]) -> None:
+    """Feed ``objs`` to every response decoder; each may only raise UpstreamError."""
     for decode in (
         wire.decode_chat_response,
         wire.decode_completion_response,
@@ -878,3 +881,34 @@ def test_response_decoders_raise_only_upstream_error(objs: list[Any]) -> None:
                 assert_well_typed(chunk)
         for chunk in decoder.finish():
             assert_well_typed(chunk)
+
+
+@pytest.mark.parametrize(("decode", "body"), CASES)
+def test_decoders_raise_only_bad_request_for_any_field_of_any_type(decode: Any, body: dict[str, Any]) -> None:
+    assert_well_typed(decode(body))
+    for path in paths(body):
+        for value in WRONG_VALUES:
+            with contextlib.suppress(BadRequest):
+                assert_well_typed(decode(replaced(body, path, value)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(CASES).flatmap(lambda case: st.tuples(st.just(case[0]), json_values | mutations(case[1])))
+)
+def test_decoders_raise_only_bad_request_on_arbitrary_json(case: tuple[Any, Any]) -> None:
+    decode, body = case
+    with contextlib.suppress(BadRequest):
+        assert_well_typed(decode(body))
+
+
+def test_response_decoders_raise_only_upstream_error_for_any_field_of_any_type() -> None:
+    for path in paths(VALID_RESPONSE):
+        for value in WRONG_VALUES:
+            decode_all_responses([replaced(VALID_RESPONSE, path, value)])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(json_values | mutations(VALID_RESPONSE), min_size=1, max_size=3))
+def test_response_decoders_raise_only_upstream_error_on_arbitrary_json(objs: list[Any]) -> None:
+    decode_all_responses(objs)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 
@@ -12,8 +13,10 @@ from starlette.routing import Route
 
 from hearth.api.common import error_response, json_response
 from hearth.backends.pool import Pool
-from hearth.errors import Forbidden, Unauthorized
+from hearth.errors import BadRequest, Forbidden, HearthError, Unauthorized
+from hearth.gateway.records import RequestLog
 from hearth.settings import Settings
+from hearth.store.db import Store
 
 
 def _is_loopback(host: str | None) -> bool:
@@ -24,13 +27,16 @@ def _is_loopback(host: str | None) -> bool:
 
 
 class AdminAPI:
-    def __init__(self, settings: Settings, pool: Pool) -> None:
+    def __init__(self, settings: Settings, pool: Pool, store: Store, records: RequestLog) -> None:
         self.key = settings.server.admin_key or None
         self.pool = pool
+        self.store = store
+        self.records = records
 
     def routes(self) -> list[Route]:
         return [
             Route("/admin/backends", self.backends, methods=["GET"]),
+            Route("/admin/requests", self.requests, methods=["GET"]),
             Route("/healthz", self.healthz, methods=["GET"]),
         ]
 
@@ -55,6 +61,19 @@ class AdminAPI:
                 "disabled": [{"name": n, "reason": r} for n, r in self.pool.disabled.items()],
             }
         )
+
+    async def requests(self, request: Request) -> Response:
+        """The most recent model calls (``?limit=``, default 100, at most 1000), newest first."""
+        try:
+            self._authorize(request)
+            raw = request.query_params.get("limit", "100")
+            if not raw.isdigit():
+                raise BadRequest("limit must be a positive integer")
+        except HearthError as exc:
+            return error_response(exc, "openai")
+        await self.records.flush()
+        rows = await asyncio.to_thread(self.store.recent_requests, min(int(raw), 1000))
+        return json_response({"requests": rows, "dropped": self.records.dropped})
 
     async def healthz(self, request: Request) -> Response:
         """Liveness for orchestrators: 200 while at least one backend is up, else 503."""

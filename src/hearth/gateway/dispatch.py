@@ -25,6 +25,7 @@ import msgspec
 from hearth.backends.base import RawResponse
 from hearth.backends.pool import BackendState, Pool
 from hearth.errors import BackendUnavailable, HearthError, ModelNotFound, NoBackend, UpstreamError
+from hearth.gateway.records import RequestLog, Trace, peek_usage
 from hearth.gateway.router import Router, Target
 from hearth.protocol.canonical import (
     ChatRequest,
@@ -89,21 +90,28 @@ class _Lease:
 class Passthrough:
     """A same-dialect response: bytes forwarded as they come, whole records only."""
 
-    def __init__(self, raw: RawResponse, lease: _Lease, sse: bool) -> None:
+    def __init__(self, raw: RawResponse, lease: _Lease, trace: Trace, dialect: str, sse: bool) -> None:
         self.raw = raw
         self.backend = raw.backend
         self._lease = lease
+        self._trace = trace
+        self._dialect = dialect
         self._sse = sse
-        self.last_record: bytes = b""  # the final NDJSON line / SSE event, for usage peeking
 
     async def read(self) -> bytes:
         try:
             body = await self.raw.read()
+        except HearthError as exc:
+            self._lease.settle(False)
+            self._trace.finish(exc.status, exc.message)
+            raise
         except BaseException:
             self._lease.settle(False)
+            self._trace.finish(499, "client disconnected")
             raise
         self._lease.settle(True)
-        self.last_record = body
+        self._trace.first_byte()
+        self._trace.finish(200, tokens=peek_usage(self._dialect, body))
         return body
 
     async def stream(self) -> AsyncIterator[bytes]:
@@ -111,43 +119,67 @@ class Passthrough:
         to append never lands inside a half-sent record."""
         seps = (b"\n\n", b"\r\n\r\n") if self._sse else (b"\n",)
         pending = b""
+        last = b""  # the final records, where the backend puts its token counts
+        trace = self._trace
         ok = False
         try:
             async for data in self.raw.iter_chunks():
                 pending += data
                 cut = max(pending.rfind(s) + len(s) if pending.rfind(s) >= 0 else 0 for s in seps)
                 if cut:
-                    out, pending = pending[:cut], pending[cut:]
-                    self.last_record = out
-                    yield out
+                    last, pending = pending[:cut], pending[cut:]
+                    trace.first_byte()
+                    yield last
             if pending:
-                self.last_record = pending
+                last = pending
                 yield pending
             ok = True
+        except HearthError as exc:
+            self._lease.settle(False)
+            trace.finish(200, exc.message)  # the status line had gone out already
+            raise
         finally:
             self.raw.close()
-            self._lease.settle(ok)
+            self._lease.settle(True)
+            if ok:
+                trace.finish(200, tokens=peek_usage(self._dialect, last))
+            else:
+                trace.finish(499, "client disconnected")  # no-op after a backend error
 
 
 class Translated:
     """A cross-dialect response: canonical chunks (or an embedding) for the api layer to encode."""
 
-    def __init__(self, backend: str, model: str, lease: _Lease) -> None:
+    def __init__(self, backend: str, model: str, lease: _Lease, trace: Trace) -> None:
         self.backend = backend
         self.model = model
         self._lease = lease
+        self._trace = trace
 
     async def guard(self, chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+        usage = None
+        trace = self._trace
         ok = False
         try:
             async for c in chunks:
+                trace.first_byte()
+                if c.usage is not None:
+                    usage = c.usage
                 yield c
             ok = True
+        except HearthError as exc:
+            self._lease.settle(False)
+            trace.finish(200, exc.message)
+            raise
         finally:
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
                 await aclose()
-            self._lease.settle(ok)
+            self._lease.settle(True)
+            if ok:
+                trace.finish_usage(usage)
+            else:
+                trace.finish(499, "client disconnected")  # no-op after a backend error
 
 
 @dataclass(slots=True)
@@ -166,12 +198,25 @@ Outcome = Passthrough | ChunkStream | Embedding
 
 
 class Gateway:
-    def __init__(self, pool: Pool, router: Router, max_attempts: int) -> None:
+    def __init__(self, pool: Pool, router: Router, max_attempts: int, records: RequestLog) -> None:
         self.pool = pool
         self.router = router
         self.max_attempts = max_attempts
+        self.records = records
 
     async def dispatch(self, call: Call) -> Outcome:
+        stream = bool(getattr(call.request, "stream", False))
+        trace = self.records.trace(call.dialect, call.endpoint.value, call.request.model, stream)
+        try:
+            return await self._dispatch(call, trace)
+        except HearthError as exc:
+            trace.finish(exc.status, exc.message)
+            raise
+        except BaseException:
+            trace.finish(499, "client disconnected")
+            raise
+
+    async def _dispatch(self, call: Call, trace: Trace) -> Outcome:
         targets = self.router.targets(call.request.model)
         plan = [(t, s) for t in targets for s in self.pool.candidates(t.model)]
         if not plan:
@@ -185,8 +230,11 @@ class Gateway:
                 raise ModelNotFound(call.request.model)
         last: HearthError | None = None
         for target, state in plan[: self.max_attempts]:
+            trace.attempts += 1
+            trace.backend = state.name
+            trace.served_model = target.model
             try:
-                return await self._try(call, target, state)
+                return await self._try(call, target, state, trace)
             except BackendUnavailable as exc:
                 log.info("backend %s refused %s: %s; trying the next", state.name, target.model, exc.message)
                 last = exc
@@ -201,19 +249,22 @@ class Gateway:
             raise ModelNotFound(call.request.model) from last
         raise last
 
-    async def _try(self, call: Call, target: Target, state: BackendState) -> Outcome:
+    async def _try(self, call: Call, target: Target, state: BackendState, trace: Trace) -> Outcome:
         backend = state.backend
         lease = _Lease(state)
         try:
             if backend.kind == call.dialect:
                 body = self._native_body(call, target)
                 raw = await backend.forward("POST", backend.native_path(call.path), body)
-                return Passthrough(raw, lease, sse=call.dialect == "openai" and _wants_stream(call))
+                sse = call.dialect == "openai" and _wants_stream(call)
+                return Passthrough(raw, lease, trace, call.dialect, sse)
             req = _retarget(call.request, target)
-            meta = Translated(backend.name, target.model, lease)
+            meta = Translated(backend.name, target.model, lease, trace)
             if isinstance(req, EmbedRequest):
                 result = await backend.embed(req)
                 lease.settle(True)
+                trace.first_byte()
+                trace.finish_usage(result.usage)
                 return Embedding(backend.name, result)
             if isinstance(req, ChatRequest):
                 chunks = await backend.chat(req)

@@ -262,7 +262,7 @@ def _content(value: object, path: str) -> tuple[str, list[str]]:
         p = _obj(part, ppath)
         kind = _req_str(p, "type", ppath)
         if kind == "text":
-            texts.append(p.get("text", ""))
+            texts.append(_req_str(p, "text", ppath))
         elif kind == "image_url":
             image = p.get("image_url")
             # A bare string is what some older clients send instead of {"url": ...}.
@@ -819,7 +819,7 @@ def _unpack_floats(text: str, path: str) -> list[float]:
         raw = b64decode(text, validate=True)
         vec = array("f")
         vec.frombytes(raw)
-    except (Base64Error, ValueError) as exc:
+    except (Base64Error,) as exc:
         raise _bad_value(path, "base64 of little-endian float32 values") from exc
     if sys.byteorder == "big":
         vec.byteswap()

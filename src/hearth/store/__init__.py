@@ -1,1 +1,1 @@
-
+"""Storage: the embedded SQLite file by default, PostgreSQL at scale, behind one interface."""

@@ -1,0 +1,169 @@
+"""The request log: one row per model call, written in batches off the request path.
+
+``RequestLog.add`` only appends to a list; a background task hands the batch to the store
+every ``store.flush_interval`` seconds (in a thread, so the event loop never waits on disk),
+and a graceful shutdown flushes what is left. A crash loses at most one flush interval of rows.
+If the store falls behind, rows beyond ``store.max_pending`` are dropped and counted rather
+than let memory grow.
+
+Token counts are peeked from the backend's own final record (Ollama's prompt_eval_count and
+eval_count, OpenAI's usage); prompts and replies are never stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import msgspec
+import sqlalchemy.exc
+
+from hearth.protocol.canonical import Usage
+from hearth.store.db import Store
+
+log = logging.getLogger("hearth.records")
+
+
+class _OllamaCounts(msgspec.Struct):
+    prompt_eval_count: int | None = None
+    eval_count: int | None = None
+
+
+class _OpenAIUsage(msgspec.Struct):
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class _OpenAIEnvelope(msgspec.Struct):
+    usage: _OpenAIUsage | None = None
+
+
+_ollama_dec = msgspec.json.Decoder(_OllamaCounts)
+_openai_dec = msgspec.json.Decoder(_OpenAIEnvelope)
+
+
+def peek_usage(dialect: str, record: bytes) -> tuple[int | None, int | None]:
+    """Token counts from the last NDJSON line / SSE event / whole body a backend sent."""
+    try:
+        if dialect == "ollama":
+            line = record.rstrip().rsplit(b"\n", 1)[-1]
+            c = _ollama_dec.decode(line)
+            return c.prompt_eval_count, c.eval_count
+        for line in reversed(record.rstrip().split(b"\n")):
+            line = line.strip()
+            if line.startswith(b"data:"):
+                line = line[5:].strip()
+                if line == b"[DONE]":
+                    continue
+            if line.startswith(b"{"):
+                u = _openai_dec.decode(line).usage
+                return (u.prompt_tokens, u.completion_tokens) if u else (None, None)
+    except msgspec.DecodeError:
+        pass
+    return None, None
+
+
+class Trace:
+    """What one call did, filled in along the way and written once at the end."""
+
+    __slots__ = ("_log", "_t0", "_ttft", "attempts", "backend", "done", "row", "served_model")
+
+    def __init__(self, log: RequestLog, dialect: str, endpoint: str, model: str, stream: bool) -> None:
+        self._log = log
+        self._t0 = time.perf_counter()
+        self._ttft: float | None = None
+        self.attempts = 0
+        self.backend: str | None = None
+        self.served_model: str | None = None
+        self.done = False
+        self.row: dict[str, Any] = {
+            "ts": time.time(),
+            "dialect": dialect,
+            "endpoint": endpoint,
+            "model": model,
+            "stream": stream,
+        }
+
+    def first_byte(self) -> None:
+        if self._ttft is None:
+            self._ttft = (time.perf_counter() - self._t0) * 1000
+
+    def finish(
+        self,
+        status: int,
+        error: str | None = None,
+        tokens: tuple[int | None, int | None] = (None, None),
+    ) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.row.update(
+            served_model=self.served_model,
+            backend=self.backend,
+            status=status,
+            attempts=self.attempts,
+            duration_ms=(time.perf_counter() - self._t0) * 1000,
+            ttft_ms=self._ttft,
+            prompt_tokens=tokens[0],
+            completion_tokens=tokens[1],
+            error=error,
+        )
+        self._log.add(self.row)
+
+    def finish_usage(self, usage: Usage | None, status: int = 200, error: str | None = None) -> None:
+        tokens = (usage.prompt_tokens, usage.completion_tokens) if usage else (None, None)
+        self.finish(status, error, tokens)
+
+
+class RequestLog:
+    def __init__(self, store: Store | None, flush_interval: float, max_pending: int) -> None:
+        self.store = store
+        self.flush_interval = flush_interval
+        self.max_pending = max_pending
+        self.pending: list[dict[str, Any]] = []
+        self.dropped = 0
+        self.written = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def trace(self, dialect: str, endpoint: str, model: str, stream: bool) -> Trace:
+        return Trace(self, dialect, endpoint, model, stream)
+
+    def add(self, row: dict[str, Any]) -> None:
+        if self.store is None:
+            return
+        if len(self.pending) >= self.max_pending:
+            self.dropped += 1
+            return
+        self.pending.append(row)
+
+    async def flush(self) -> None:
+        if not self.pending or self.store is None:
+            return
+        batch, self.pending = self.pending, []
+        try:
+            await asyncio.to_thread(self.store.insert_requests, batch)
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            self.dropped += len(batch)
+            log.error("could not write %d request records: %s", len(batch), exc)
+        else:
+            self.written += len(batch)
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval)
+            await self.flush()
+
+    def start(self) -> None:
+        if self.store is not None:
+            self._task = asyncio.create_task(self._loop(), name="hearth-request-log")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.flush()

@@ -1,0 +1,31 @@
+"""The tables, as SQLAlchemy Core metadata: one definition for SQLite and PostgreSQL.
+
+Migrations in ``migrations/versions`` create and change them; this module is what queries use.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+# One row per model call. Never the prompt or the reply: those may be health data.
+requests = sa.Table(
+    "requests",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("ts", sa.Float, nullable=False, index=True),  # start, epoch seconds
+    sa.Column("dialect", sa.String(16), nullable=False),  # ollama | openai
+    sa.Column("endpoint", sa.String(16), nullable=False),  # chat | completion | embed
+    sa.Column("model", sa.String(255), nullable=False),  # as the client asked (alias or real)
+    sa.Column("served_model", sa.String(255)),  # what the backend ran
+    sa.Column("backend", sa.String(128)),
+    sa.Column("status", sa.Integer, nullable=False),  # HTTP status, or 499 when the client left
+    sa.Column("stream", sa.Boolean, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("duration_ms", sa.Float, nullable=False),
+    sa.Column("ttft_ms", sa.Float),  # time to the first byte sent to the client
+    sa.Column("prompt_tokens", sa.Integer),
+    sa.Column("completion_tokens", sa.Integer),
+    sa.Column("error", sa.Text),
+)
