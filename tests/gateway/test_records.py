@@ -27,14 +27,19 @@ def rows(db: Path) -> list[dict[str, Any]]:
 def test_graceful_shutdown_writes_every_call_with_backend_token_counts(oc: Any) -> None:
     with FakeOllama(models=["llama3.1:8b"]) as o, FakeOpenAI(models=["gpt-x"]) as c:
         settings = make_settings(
-            [{"name": "o", "kind": "ollama", "url": o.url}, {"name": "c", "kind": "openai", "url": c.url + "/v1"}],
+            [
+                {"name": "o", "kind": "ollama", "url": o.url},
+                {"name": "c", "kind": "openai", "url": c.url + "/v1"},
+            ],
             store={"flush_interval": 3600},  # only the shutdown flush can write them
         )
         db = settings.data_path / "hearth.db"
         with LiveHearth(settings) as hearth:
             client = oc(hearth.url)
             client.chat(model="llama3.1:8b", messages=[{"role": "user", "content": SECRET}], stream=False)
-            list(client.chat(model="llama3.1:8b", messages=[{"role": "user", "content": SECRET}], stream=True))
+            list(
+                client.chat(model="llama3.1:8b", messages=[{"role": "user", "content": SECRET}], stream=True)
+            )
             list(client.chat(model="gpt-x", messages=[{"role": "user", "content": SECRET}], stream=True))
             with openai.OpenAI(base_url=hearth.url + "/v1", api_key="x") as oa:
                 oa.chat.completions.create(model="gpt-x", messages=[{"role": "user", "content": SECRET}])
@@ -74,7 +79,9 @@ def test_a_client_that_leaves_is_recorded_as_499(live: Any) -> None:
         o.chunk_delay = 0.02
         long = " ".join(["w"] * 200)
         with httpx.stream(
-            "POST", hearth.url + "/api/chat", json={"model": "llama3.1:8b", "messages": [{"role": "user", "content": long}]}
+            "POST",
+            hearth.url + "/api/chat",
+            json={"model": "llama3.1:8b", "messages": [{"role": "user", "content": long}]},
         ) as resp:
             next(resp.iter_lines())
         assert o.wait_cancelled()

@@ -23,6 +23,8 @@ class OpenAIBackend(Backend):
         return client_path.removeprefix("/v1")
 
     async def chat(self, req: ChatRequest) -> AsyncIterator[Chunk]:
+        if not req.messages:
+            return _load_reply(req.keep_alive)
         body = wire.encode_chat(req)
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
@@ -30,6 +32,8 @@ class OpenAIBackend(Backend):
         return self._chunks(raw)
 
     async def complete(self, req: CompletionRequest) -> AsyncIterator[Chunk]:
+        if not req.prompt and not req.images:
+            return _load_reply(req.keep_alive)
         body = wire.encode_completion(req)
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
@@ -75,3 +79,10 @@ class OpenAIBackend(Backend):
         items = data.get("data") if isinstance(data, dict) else None
         models = [ModelInfo(name=str(m["id"])) for m in items or [] if isinstance(m, dict) and "id" in m]
         return Discovery(models, [])
+
+
+async def _load_reply(keep_alive: str | int | float | None) -> AsyncIterator[Chunk]:
+    """Ollama clients load or unload a model with an empty prompt (Open WebUI unloads with
+    keep_alive 0). An OpenAI-compatible server has no such notion: answer as Ollama would."""
+    unload = keep_alive in (0, "0", "0s", "0m")
+    yield Chunk(done=True, done_reason="unload" if unload else "load")

@@ -731,7 +731,7 @@ class ChatStreamEncoder:
             delta["content"] = chunk.content
         if chunk.thinking:
             delta["reasoning_content"] = chunk.thinking
-        if chunk.tool_calls and False:
+        if chunk.tool_calls:
             # A running index, not ToolCall.index: clients merge fragments by index, so two calls that
             # both arrived as index 0 in separate chunks would be glued together.
             delta["tool_calls"] = [
@@ -819,7 +819,7 @@ def _unpack_floats(text: str, path: str) -> list[float]:
         raw = b64decode(text, validate=True)
         vec = array("f")
         vec.frombytes(raw)
-    except (Base64Error, ValueError) as exc:
+    except (Base64Error,) as exc:
         raise _bad_value(path, "base64 of little-endian float32 values") from exc
     if sys.byteorder == "big":
         vec.byteswap()
