@@ -8,7 +8,6 @@ from typing import Any
 
 import httpx
 import openai
-
 from tests.conftest import LiveHearth, make_settings
 from tests.fakes import FakeOllama, FakeOpenAI, count_words
 

@@ -819,7 +819,7 @@ def _unpack_floats(text: str, path: str) -> list[float]:
         raw = b64decode(text, validate=True)
         vec = array("f")
         vec.frombytes(raw)
-    except (Base64Error,) as exc:
+    except Base64Error as exc:
         raise _bad_value(path, "base64 of little-endian float32 values") from exc
     if sys.byteorder == "big":
         vec.byteswap()
