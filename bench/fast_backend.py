@@ -45,7 +45,10 @@ _PS = (
     b'"expires_at":"2099-01-01T00:00:00Z","size_vram":1000000,"context_length":4096}]}'
 )
 _VERSION = b'{"version":"0.12.0"}'
-_V1_MODELS = b'{"object":"list","data":[{"id":"bench:latest","object":"model","created":1735689600,"owned_by":"library"}]}'
+_V1_MODELS = (
+    b'{"object":"list","data":[{"id":"bench:latest","object":"model","created":1735689600,'
+    b'"owned_by":"library"}]}'
+)
 _CHAT_FINAL = (
     b'{"model":"bench:latest","created_at":"2025-01-01T00:00:00.000000Z",'
     b'"message":{"role":"assistant","content":"Hello! How can I help you today?"},'

@@ -16,9 +16,9 @@ passes through to the Ollama backend untouched):
    counted from the concurrency-64 run through Hearth;
 4. streaming: NDJSON lines (chunks) per second relayed by Hearth, one client and several.
 
-On a machine with two or more CPUs Hearth is pinned to CPU 0 and everything else (this script,
-the fake backend, the load generator) to the other CPUs, so the numbers describe one Hearth
-process on one core; ``--no-pin`` lets the scheduler place everything.
+By default the scheduler places every process. ``--pin`` puts Hearth alone on the first CPU and
+everything else (this script, the fake backend, the load generator) on the others; on small VMs
+that makes every hop a cross-CPU wake-up, which can cost more than it saves (see README.md).
 
 This is a benchmark that prints numbers, not a test: it exits non-zero only if a phase fails,
 never because a target is missed.
@@ -244,8 +244,11 @@ def _affinity(cpus: set[int] | None) -> Callable[[], None] | None:
 class Services:
     """The fake backend and Hearth as subprocesses, stopped on exit."""
 
-    def __init__(self, tmp: Path, hearth_cpus: set[int] | None, log_level: str) -> None:
+    def __init__(
+        self, tmp: Path, hearth_cpus: set[int] | None, log_level: str, env: dict[str, str] | None = None
+    ) -> None:
         self.tmp = tmp
+        self.env = env or {}
         self.backend_port = free_port()
         self.hearth_port = free_port()
         self.hearth_cpus = hearth_cpus
@@ -277,14 +280,15 @@ class Services:
                 stderr=subprocess.STDOUT,
             )
         )
-        _wait_http(f"http://127.0.0.1:{self.backend_port}/api/tags", MODEL, self.procs[-1], self.tmp / "backend.log")
+        backend_url = f"http://127.0.0.1:{self.backend_port}"
+        _wait_http(f"{backend_url}/api/tags", MODEL, self.procs[-1], self.tmp / "backend.log")
         cfg = self.tmp / "hearth.yaml"
         cfg.write_text(
-            "server: {host: 127.0.0.1, port: %d, data_dir: %s, log_level: %s}\n"
+            f"server: {{host: 127.0.0.1, port: {self.hearth_port}, data_dir: {self.tmp / 'data'}, "
+            f"log_level: {self.log_level}}}\n"
             "discovery: {interval: 3600}\n"
             "backends:\n"
-            '  - {name: fast, kind: ollama, url: "http://127.0.0.1:%d"}\n'
-            % (self.hearth_port, self.tmp / "data", self.log_level, self.backend_port)
+            f'  - {{name: fast, kind: ollama, url: "{backend_url}"}}\n'
         )
         hearth_bin = Path(sys.executable).with_name("hearth")
         cmd = [str(hearth_bin)] if hearth_bin.exists() else [py, "-m", "hearth.cli"]
@@ -293,12 +297,14 @@ class Services:
             [*cmd, "serve", "--config", str(cfg)],
             stdout=hlog,
             stderr=subprocess.STDOUT,
-            preexec_fn=_affinity(self.hearth_cpus),  # noqa: PLW1509 - single-threaded here
+            preexec_fn=_affinity(self.hearth_cpus),
             cwd=self.tmp,
+            env={**os.environ, **self.env},
         )
         self.procs.append(self.hearth)
         # Ready once discovery has run: the model shows in Hearth's own /api/tags.
-        _wait_http(f"http://127.0.0.1:{self.hearth_port}/api/tags", MODEL, self.hearth, self.tmp / "hearth.log")
+        hearth_url = f"http://127.0.0.1:{self.hearth_port}"
+        _wait_http(f"{hearth_url}/api/tags", MODEL, self.hearth, self.tmp / "hearth.log")
 
     @property
     def hearth_pid(self) -> int:
@@ -312,12 +318,18 @@ class Services:
                 raise RuntimeError(f"{name} exited with {p.returncode}:\n{tail}")
 
 
-def _wait_http(url: str, needle: str, proc: subprocess.Popen[bytes], logfile: Path, timeout: float = 30) -> None:
+def _tail(logfile: Path) -> str:
+    return logfile.read_text(errors="replace")[-2000:]
+
+
+def _wait_http(
+    url: str, needle: str, proc: subprocess.Popen[bytes], logfile: Path, timeout: float = 30
+) -> None:
     deadline = time.monotonic() + timeout
     last: object = None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{url}: process exited ({proc.returncode}):\n{logfile.read_text(errors='replace')[-2000:]}")
+            raise RuntimeError(f"{url}: process exited ({proc.returncode}):\n{_tail(logfile)}")
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 if needle in r.read().decode():
@@ -325,7 +337,7 @@ def _wait_http(url: str, needle: str, proc: subprocess.Popen[bytes], logfile: Pa
         except OSError as exc:
             last = exc
         time.sleep(0.1)
-    raise RuntimeError(f"{url} not ready after {timeout}s ({last!r}):\n{logfile.read_text(errors='replace')[-2000:]}")
+    raise RuntimeError(f"{url} not ready after {timeout}s ({last!r}):\n{_tail(logfile)}")
 
 
 # -- concurrency 1: http.client, one keep-alive connection ------------------------------------
@@ -413,7 +425,8 @@ def run_wrk(port: int, concurrency: int, seconds: float, threads: int, script: P
     w = json.loads(line[len("WRKJSON ") :])
     errors = w["connect"] + w["read"] + w["write"] + w["status"] + w["timeout"]
     secs = w["duration_us"] / 1e6
-    lat = Latency(w["requests"], w["mean"] / 1000, w["p50"] / 1000, w["p90"] / 1000, w["p99"] / 1000, w["max"] / 1000)
+    ms = {k: w[k] / 1000 for k in ("mean", "p50", "p90", "p99", "max")}  # wrk reports microseconds
+    lat = Latency(w["requests"], ms["mean"], ms["p50"], ms["p90"], ms["p99"], ms["max"])
     return Load("wrk", concurrency, w["requests"], errors, secs, w["requests"] / secs, lat)
 
 
@@ -510,7 +523,8 @@ def run_pyload(port: int, concurrency: int, seconds: float, procs: int) -> Load:
         lat.frombytes(b)
     n = sum(r[0] for r in results)
     secs = max(r[3] for r in results)
-    return Load(f"python x{procs}", concurrency, n, sum(r[1] for r in results), secs, n / secs, Latency.of(lat))
+    errors = sum(r[1] for r in results)
+    return Load(f"python x{procs}", concurrency, n, errors, secs, n / secs, Latency.of(lat))
 
 
 class LoadGen:
@@ -655,8 +669,10 @@ def run(args: argparse.Namespace) -> Report:
             **asdict(plan),
         },
     )
+    hearth_env = dict(kv.split("=", 1) for kv in args.hearth_env)
+    report.options["hearth_env"] = hearth_env
     with tempfile.TemporaryDirectory(prefix="hearth-bench-") as tmpdir, Services(
-        Path(tmpdir), hearth_cpus, args.log_level
+        Path(tmpdir), hearth_cpus, args.log_level, hearth_env
     ) as svc:
         tmp = Path(tmpdir)
         gen = LoadGen(use_wrk, tmp, args.wrk_threads, args.procs)
@@ -715,7 +731,10 @@ def _verdict(ok: bool | None) -> str:
 def table(r: Report) -> Iterator[str]:
     m = r.machine
     yield f"Hearth gateway benchmark, {r.date}"
-    yield f"machine: {m['cpus']} CPUs, {m['cpu_model']}, {m['ram_gib']} GiB RAM, Linux {m['kernel']}, Python {m['python']}"
+    yield (
+        f"machine: {m['cpus']} CPUs, {m['cpu_model']}, {m['ram_gib']} GiB RAM, "
+        f"Linux {m['kernel']}, Python {m['python']}"
+    )
     yield f"pinning: {r.options['pinning']}; load generator: {r.options['load_generator']}"
     yield ""
     v = r.verdicts()
@@ -750,13 +769,18 @@ def table(r: Report) -> Iterator[str]:
     if r.stream_direct and r.stream_hearth:
         yield f"{'streaming /api/chat (NDJSON lines)':<{w}}{'direct':>10}{'hearth':>10}{'ratio':>10}"
         for sd, sh in zip(r.stream_direct, r.stream_hearth, strict=True):
-            label = f"  chunks/s, {sh.clients} client{'s' if sh.clients > 1 else ''} x {sh.streams // sh.clients}"
+            plural = "s" if sh.clients > 1 else ""
+            label = f"  chunks/s, {sh.clients} client{plural} x {sh.streams // sh.clients}"
             yield (
                 f"{label:<{w}}{_fmt(sd.chunks_per_s, 0):>10}{_fmt(sh.chunks_per_s, 0):>10}"
                 f"{_fmt(sh.chunks_per_s / sd.chunks_per_s, 2):>10}"
             )
         sh0 = r.stream_hearth[0]
-        yield f"{'  first chunk p50 (ms), 1 client':<{w}}{_fmt(r.stream_direct[0].first_chunk_ms_p50):>10}{_fmt(sh0.first_chunk_ms_p50):>10}"
+        sd0 = r.stream_direct[0]
+        yield (
+            f"{'  first chunk p50 (ms), 1 client':<{w}}"
+            f"{_fmt(sd0.first_chunk_ms_p50):>10}{_fmt(sh0.first_chunk_ms_p50):>10}"
+        )
         yield ""
     if r.rss:
         s = r.rss
@@ -780,10 +804,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--c1-requests", type=int, help="sequential requests per target at c=1 (default 10000)")
     ap.add_argument("--concurrency", type=int, default=64, help="connections for the load phase (default 64)")
     ap.add_argument("--stream-chunks", type=int, help="chunks per stream (default 1000)")
-    ap.add_argument("--python-load", action="store_true", help="use the Python load generator even if wrk exists")
+    ap.add_argument(
+        "--python-load", action="store_true", help="use the Python load generator even if wrk exists"
+    )
     ap.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (default 1: cheapest)")
     ap.add_argument("--procs", type=int, default=2, help="processes for the Python load generator")
-    ap.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin Hearth to its own CPU")
+    ap.add_argument(
+        "--pin",
+        action="store_true",
+        help="pin Hearth to the first CPU and everything else to the others (see bench/README.md)",
+    )
+    ap.add_argument(
+        "--hearth-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment for Hearth, e.g. HEARTH_STORE__LOG_REQUESTS=false (repeatable)",
+    )
     ap.add_argument("--log-level", default="info", help="Hearth's server.log_level (default info)")
     args = ap.parse_args(argv)
     t0 = time.monotonic()

@@ -134,7 +134,7 @@ def test_a_tool_result_round_trip_gets_the_final_answer(
     assert call.tool_calls
     history += [call, ToolMessage("cloudy, 12C", tool_call_id=call.tool_calls[0]["id"] or "")]
     final = llm.invoke(history)
-    assert final.content == plan_chat([{"role": "tool", "content": "cloudy, 12C"}]).text
+    assert final.content == plan_chat(as_dicts(history)).text
 
 
 def test_bind_tools_reach_an_ollama_backend_as_native_tools(

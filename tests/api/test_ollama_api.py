@@ -219,6 +219,13 @@ def test_ps_merges_loaded_models_of_every_ollama_backend_longest_expiry_first(
     assert [m.model for m in client.ps().models] == [m["model"] for m in expected]
 
 
+def test_a_model_two_backends_serve_is_listed_once(env: Env, client: ollama.Client) -> None:
+    env.big.add_model("shared:1b")
+    env.gpu.add_model("shared:1b")
+    env.hearth.refresh()
+    assert [m.model for m in client.list().models].count("shared:1b") == 1
+
+
 # ---------------------------------------------------------------------------------------------------------
 # /api/show
 
@@ -488,6 +495,59 @@ def test_chat_with_an_ollama_client_reaches_an_openai_backend_as_chat_completion
     assert (body["temperature"], body["max_tokens"]) == (0.25, 7)
 
 
+def _without_created_at(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in o.items() if k != "created_at"} for o in objs]
+
+
+@pytest.mark.parametrize("path", ["/api/chat", "/api/generate"])
+def test_passthrough_stream_relays_every_line_the_backend_sent(
+    env: Env, http: httpx.Client, path: str
+) -> None:
+    body = {"model": LLAMA, "messages": user("relay me"), "prompt": "relay me", "stream": True}
+    env.big.load(LLAMA)  # so both answers report a warm model's timings
+    upstream = ndjson_lines(direct(env.big, "POST", path, body).content)
+    through = ndjson_lines(http.post(path, json=body).content)
+    assert _without_created_at(through) == _without_created_at(upstream)
+
+
+@pytest.mark.parametrize("path", ["/api/chat", "/api/generate"])
+def test_passthrough_whole_answer_is_the_backends(env: Env, http: httpx.Client, path: str) -> None:
+    body = {"model": LLAMA, "messages": user("relay me"), "prompt": "relay me", "stream": False}
+    env.big.load(LLAMA)
+    upstream = direct(env.big, "POST", path, body).json()
+    through = http.post(path, json=body).json()
+    assert _without_created_at([through]) == _without_created_at([upstream])
+
+
+@pytest.mark.parametrize("model", CHAT_MODELS)
+@pytest.mark.parametrize(
+    ("path", "empty"),
+    [("/api/generate", {"prompt": ""}), ("/api/chat", {"messages": []})],
+    ids=["generate", "chat"],
+)
+def test_an_empty_request_loads_the_model_without_generating(
+    http: httpx.Client, model: str, path: str, empty: dict[str, Any]
+) -> None:
+    r = http.post(path, json={"model": model, **empty, "stream": False})
+    out = r.json()
+    assert (r.status_code, out["done"], out["done_reason"]) == (200, True, "load")
+    assert out.get("response", "") == ""
+    assert out.get("message", {}).get("content", "") == ""
+
+
+@pytest.mark.parametrize("model", CHAT_MODELS)
+def test_an_empty_generate_with_keep_alive_zero_unloads_the_model(http: httpx.Client, model: str) -> None:
+    r = http.post("/api/generate", json={"model": model, "prompt": "", "keep_alive": 0, "stream": False})
+    assert (r.status_code, r.json()["done_reason"], r.json()["response"]) == (200, "unload", "")
+
+
+def test_unloading_through_hearth_unloads_on_the_ollama_backend(env: Env, http: httpx.Client) -> None:
+    env.big.load(LLAMA)
+    http.post("/api/generate", json={"model": LLAMA, "prompt": "", "keep_alive": 0, "stream": False})
+    assert LLAMA not in env.big.loaded
+    assert env.last_body(LLAMA, "/api/generate")["keep_alive"] == 0
+
+
 # ---------------------------------------------------------------------------------------------------------
 # /api/generate
 
@@ -597,9 +657,24 @@ def test_embed_translated_vectors_equal_what_the_openai_backend_gave(env: Env, h
 
 
 @pytest.mark.parametrize("model", EMBED_MODELS)
+def test_embed_without_input_loads_the_model_and_returns_no_vectors(http: httpx.Client, model: str) -> None:
+    r = http.post("/api/embed", json={"model": model, "input": []})
+    assert r.status_code == 200
+    assert (r.json()["model"], r.json()["embeddings"]) == (model, [])
+
+
+@pytest.mark.parametrize("model", EMBED_MODELS)
 def test_legacy_embeddings_gives_the_single_vector(client: ollama.Client, model: str) -> None:
     out = client.embeddings(model=model, prompt="legacy prompt")
     assert list(out.embedding) == fake_embedding("legacy prompt")
+
+
+@pytest.mark.parametrize("model", EMBED_MODELS)
+def test_legacy_embeddings_without_prompt_loads_the_model_and_returns_an_empty_vector(
+    http: httpx.Client, model: str
+) -> None:
+    r = http.post("/api/embeddings", json={"model": model, "prompt": ""})
+    assert (r.status_code, r.json()) == (200, {"embedding": []})
 
 
 def test_legacy_embeddings_reaches_an_openai_backend_as_embeddings(env: Env, client: ollama.Client) -> None:
@@ -747,6 +822,14 @@ def test_delete_removes_the_model_from_every_backend_that_has_it(env: Env, clien
     assert len(env.gpu.requests_to("/api/delete")) == 1
     assert "doomed:1b" not in env.big.models + env.gpu.models
     assert "doomed:1b" not in _tag_names(client)
+
+
+def test_delete_reaches_only_the_backends_that_have_the_model(env: Env, client: ollama.Client) -> None:
+    env.gpu.add_model("gpu-only:1b")
+    env.hearth.refresh()
+    client.delete("gpu-only:1b")
+    assert env.big.requests_to("/api/delete") == []
+    assert "gpu-only:1b" not in env.gpu.models
 
 
 def test_delete_of_an_unknown_model_answers_404(client: ollama.Client) -> None:

@@ -369,6 +369,16 @@ def test_chat_reaches_ollama_as_native_chat_with_the_same_messages(env: Env, cli
     assert body["messages"] == messages
 
 
+def test_chat_developer_message_reaches_ollama_as_system(env: Env, client: openai.OpenAI) -> None:
+    client.chat.completions.create(
+        model=LLAMA, messages=[{"role": "developer", "content": "be brief"}, *user("hi")]
+    )
+    assert env.last_body(env.local, "/api/chat")["messages"] == [
+        {"role": "system", "content": "be brief"},
+        *user("hi"),
+    ]
+
+
 def test_chat_sampling_parameters_reach_ollama_as_options(env: Env, client: openai.OpenAI) -> None:
     client.chat.completions.create(
         model=LLAMA,

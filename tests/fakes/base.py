@@ -7,7 +7,7 @@ import asyncio
 import json
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -97,7 +97,7 @@ class FakeServer:
     def __init__(self) -> None:
         self.delay_first_byte: float = 0.0
         self.chunk_delay: float = 0.0
-        self._cond = threading.Condition(threading.Lock())
+        self._cond = threading.Condition(threading.RLock())  # re-entrant: predicates may use properties
         self._requests: list[Recorded] = []
         self._script: deque[Action] = deque()
         self._in_flight = 0
@@ -112,7 +112,7 @@ class FakeServer:
         self._start_error: BaseException | None = None
         self._bind_port = 0
         self._last_port: int | None = None
-        self._active: set[asyncio.BaseTransport] = set()  # connections with a request in progress
+        self._active: set[asyncio.Transport] = set()  # connections with a request in progress
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, port: int = 0) -> Self:
@@ -250,7 +250,8 @@ class FakeServer:
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
         """Wait (without polling) until ``predicate()`` is true; it is re-evaluated whenever a request
-        arrives, a generation request starts/ends or a disconnect is seen. Returns False on timeout."""
+        arrives or its handler returns, a generation request starts/ends or a disconnect is seen.
+        Returns False on timeout. The predicate may use the fake's properties (``in_flight``, ``models``...)."""
         with self._cond:
             return self._cond.wait_for(predicate, timeout)
 
@@ -335,10 +336,10 @@ class FakeServer:
         assert self._gate is not None
         self._gate.set()
 
-    def _call_in_loop(self, fn: Callable[[], Awaitable[None]]) -> None:
+    def _call_in_loop(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
         if self._loop is None:
             raise RuntimeError(f"{type(self).__name__} is not running")
-        asyncio.run_coroutine_threadsafe(fn(), self._loop).result(5)  # type: ignore[arg-type]
+        asyncio.run_coroutine_threadsafe(fn(), self._loop).result(5)
 
     # ------------------------------------------------------------------ subclass hooks
     def _setup_routes(self, app: web.Application) -> None:
@@ -397,6 +398,8 @@ class FakeServer:
         finally:
             if transport is not None:
                 self._active.discard(transport)
+            with self._cond:
+                self._cond.notify_all()  # wake wait_for() predicates on state changed by this request
 
     def _note_cancelled(self, request: web.Request) -> None:
         state = request.get(_STATE_KEY)
@@ -483,6 +486,9 @@ class FakeServer:
         resp = web.StreamResponse(status=200, headers={"Content-Type": result.content_type, **result.headers})
         try:
             await resp.prepare(request)
+            writer = getattr(resp, "_payload_writer", None)
+            if writer is not None and hasattr(writer, "send_headers"):
+                writer.send_headers()  # aiohttp defers headers to the first chunk; a stream starts now
             if isinstance(action, DieMidStream):
                 to_send = chunks[: max(0, min(action.after_chunks, body_len))]
             elif isinstance(action, ErrorMidStream) and result.error_chunk is not None:

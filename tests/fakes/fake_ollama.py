@@ -530,7 +530,10 @@ class FakeOllama(OpenAIRoutes):
             inputs = list(raw)
         else:
             return _err(400, "invalid input type")
-        dims = body.get("dimensions") if isinstance(body.get("dimensions"), int) else 8
+        dims_raw = body.get("dimensions")
+        dims = (
+            dims_raw if isinstance(dims_raw, int) and not isinstance(dims_raw, bool) and dims_raw > 0 else 8
+        )
         load = 1_000_000 if was_loaded else 250_000_000
         tokens = count_words(inputs)
         return Whole(

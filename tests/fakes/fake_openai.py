@@ -108,7 +108,9 @@ class OpenAIRoutes(FakeServer):
         model = body.get("model") if isinstance(body, dict) and isinstance(body.get("model"), str) else None
         d_msg, d_type, d_code = _default_openai_error(status, model)
         payload = openai_error_body(
-            message or d_msg, type_ or d_type, code if code is not None else d_code, param
+            message or d_msg,
+            type_ or d_type,
+            (code or None) if code is not None else d_code,  # "" forces null, param
         )
         return web.Response(
             status=status, body=dumps(payload), headers={"Content-Type": JSON_CONTENT_TYPE, **(headers or {})}

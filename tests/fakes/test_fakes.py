@@ -17,9 +17,9 @@ import ollama
 import openai
 import pytest
 
-from . import FakeOllama, FakeOpenAI, fake_embedding, host_allowed, parse_keep_alive, split_words
+from . import FakeOllama, FakeOpenAI, FakeServer, fake_embedding, host_allowed, parse_keep_alive, split_words
 
-TOOLS = [
+TOOLS: Any = [
     {
         "type": "function",
         "function": {
@@ -74,7 +74,7 @@ def raw_request(url: str, method: str, path: str, host: str, body: bytes | None 
 # ----------------------------------------------------------------------------------------- lifecycle
 def test_start_is_fast_and_ports_differ() -> None:
     t0 = time.perf_counter()
-    fakes = [FakeOllama(models=["m:1b"]).start() for _ in range(10)]
+    fakes: list[FakeServer] = [FakeOllama(models=["m:1b"]).start() for _ in range(10)]
     fakes += [FakeOpenAI(models=["m"]).start() for _ in range(10)]
     elapsed = time.perf_counter() - t0
     try:
@@ -159,7 +159,7 @@ def test_ollama_chat(fake_ollama: FakeOllama, oclient: ollama.Client) -> None:
     assert tool_chunks[-1].done
     assert tool_chunks[-1].eval_count == 1
 
-    followup = [
+    followup: Any = [
         *msgs,
         {
             "role": "assistant",
@@ -562,3 +562,32 @@ def test_hold_and_in_flight(fake_ollama: FakeOllama) -> None:
         t.join(5)
     assert results == [200, 200, 200]
     assert fake_ollama.in_flight == 0
+
+
+def test_stop_kills_streams_and_restart_keeps_port_and_state() -> None:
+    fake = FakeOllama(models=["m:1b"]).start()
+    try:
+        fake.chunk_delay = 0.02
+        body = {"model": "m:1b", "messages": [{"role": "user", "content": "a b c d e f"}]}
+        with httpx.Client() as client, client.stream("POST", fake.url + "/api/chat", json=body) as r:
+            lines = r.iter_lines()
+            next(lines)
+            port = fake.port
+            fake.stop()  # like a killed backend: the open stream breaks at once
+            with pytest.raises(httpx.RemoteProtocolError):
+                list(lines)
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{port}/")
+        fake.add_model("n:2b")
+        fake.restart()
+        assert fake.port == port
+        assert fake.cancelled == 0
+        tags = httpx.get(fake.url + "/api/tags").json()["models"]
+        assert [m["name"] for m in tags] == ["m:1b", "n:2b"]
+        fake.fail_next(500)
+        fake.reset()  # forgets requests, script, counters and delays (not models)
+        assert fake.requests == []
+        assert fake.script_pending == 0
+        assert fake.chunk_delay == 0
+    finally:
+        fake.stop()

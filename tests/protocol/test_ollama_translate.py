@@ -49,6 +49,11 @@ def bad_request(fn: Any, body: Any) -> BadRequest:
     return info.value
 
 
+def test_all_lists_exactly_the_public_names() -> None:
+    defined = {n for n, v in vars(wire).items() if getattr(v, "__module__", None) == wire.__name__}
+    assert set(wire.__all__) == {n for n in defined if not n.startswith("_")}
+
+
 # --- request decoding ---------------------------------------------------------------------------------
 
 
@@ -116,7 +121,8 @@ def test_chat_format_json_and_empty() -> None:
 
 
 def test_chat_format_rejects_other_strings() -> None:
-    assert bad_request(wire.decode_chat, {"model": "m", "format": "yaml"}).param == "format"
+    err = bad_request(wire.decode_chat, {"model": "m", "format": "yaml"})
+    assert err.message == "invalid value for 'format': expected \"json\" or a JSON schema object"
 
 
 def test_missing_model_is_named() -> None:
@@ -149,7 +155,11 @@ def test_chat_accepts_the_ollama_python_client_body() -> None:
     sent = ollama_sdk._types.ChatRequest(
         model="m",
         messages=[{"role": "user", "content": "hi", "images": [b"\x89PNG"]}],
-        tools=[{"type": "function", "function": {"name": "f", "description": "d", "parameters": {}}}],
+        tools=[
+            ollama_sdk.Tool(
+                type="function", function=ollama_sdk.Tool.Function(name="f", description="d", parameters=None)
+            )
+        ],
         options={"num_ctx": 4096},
         keep_alive="5m",
         stream=True,
@@ -584,7 +594,7 @@ def test_generate_stream_round_trips(chunks: list[Chunk], usage: Usage) -> None:
     assert merge_chunks(back) == merge_chunks(chunks)
 
 
-VALID_CHAT = {
+VALID_CHAT: dict[str, Any] = {
     "model": "m",
     "messages": [
         {"role": "user", "content": "a", "images": ["AAAA"]},
@@ -602,7 +612,7 @@ VALID_CHAT = {
     "think": True,
     "stream": True,
 }
-VALID_GENERATE = {
+VALID_GENERATE: dict[str, Any] = {
     "model": "m",
     "prompt": "p",
     "suffix": "s",
@@ -615,7 +625,7 @@ VALID_GENERATE = {
     "think": "low",
     "stream": False,
 }
-VALID_EMBED = {
+VALID_EMBED: dict[str, Any] = {
     "model": "m",
     "input": ["a"],
     "truncate": True,
@@ -623,7 +633,7 @@ VALID_EMBED = {
     "options": {},
     "keep_alive": 1,
 }
-VALID_CHUNK = {
+VALID_CHUNK: dict[str, Any] = {
     "message": {
         "role": "assistant",
         "content": "a",

@@ -71,6 +71,11 @@ def finish(reason: str) -> dict[str, Any]:
 USAGE_ONLY = {"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}}
 
 
+def test_all_lists_exactly_the_public_names() -> None:
+    defined = {n for n, v in vars(wire).items() if getattr(v, "__module__", None) == wire.__name__}
+    assert set(wire.__all__) == {n for n in defined if not n.startswith("_")}
+
+
 # --- chat request decoding ----------------------------------------------------------------------------
 
 
@@ -395,7 +400,7 @@ def test_stream_decoder_joins_tool_call_fragments() -> None:
 
 
 def test_stream_decoder_without_indexes_starts_a_call_per_id() -> None:
-    frags = [
+    frags: list[dict[str, Any]] = [
         {"id": "a", "function": {"name": "f", "arguments": "{"}},
         {"function": {"arguments": "}"}},
         {"id": "b", "function": {"name": "g", "arguments": "{}"}},
@@ -419,7 +424,7 @@ def test_finish_emits_the_done_chunk_when_no_usage_came() -> None:
 
 
 def test_stream_decoder_reads_completion_chunks() -> None:
-    objs = [
+    objs: list[dict[str, Any]] = [
         {"choices": [{"index": 0, "text": "ab", "finish_reason": None}]},
         {"choices": [{"index": 0, "text": "", "finish_reason": "stop"}], "usage": {"prompt_tokens": 1}},
     ]
@@ -573,8 +578,10 @@ def test_the_openai_sdk_talks_to_the_translator() -> None:
         body = msgspec.json.decode(request.content)
         seen.append(body)
         if request.url.path.endswith("/embeddings"):
-            req = wire.decode_embeddings(body)
-            res = EmbedResult(model=req.model, embeddings=[[0.5, 1.5]] * len(req.inputs), usage=Usage(3))
+            emb_req = wire.decode_embeddings(body)
+            res = EmbedResult(
+                model=emb_req.model, embeddings=[[0.5, 1.5]] * len(emb_req.inputs), usage=Usage(3)
+            )
             return httpx.Response(
                 200, json=wire.encode_embeddings_result(res, wire.embeddings_wants_base64(body))
             )
@@ -591,7 +598,7 @@ def test_the_openai_sdk_talks_to_the_translator() -> None:
         )
 
     http = httpx.Client(transport=httpx.MockTransport(handle))
-    client = openai_sdk.OpenAI(api_key="k", base_url="http://hearth/v1", http_client=http)
+    client = openai_sdk.OpenAI(api_key="k", base_url="http://hearth/v1", http_client=http)  # type: ignore[arg-type]
     emb = client.embeddings.create(model="e", input=["a", "b"])
     assert seen[0]["encoding_format"] == "base64"
     assert [d.embedding for d in emb.data] == [[0.5, 1.5], [0.5, 1.5]]
@@ -777,7 +784,7 @@ def test_encoded_streams_are_valid_sdk_chunks(chunks: list[Chunk], usage: Usage,
             ChatCompletionChunk.model_validate(via_json(obj))
 
 
-VALID_CHAT = {
+VALID_CHAT: dict[str, Any] = {
     "model": "m",
     "messages": [
         {"role": "developer", "content": "s"},
@@ -808,9 +815,20 @@ VALID_CHAT = {
     "stream": True,
     "stream_options": {"include_usage": True},
 }
-VALID_COMPLETION = {"model": "m", "prompt": ["p"], "suffix": "s", "max_completion_tokens": 4, "stop": "x"}
-VALID_EMBEDDINGS = {"model": "m", "input": ["a", "b"], "dimensions": 3, "encoding_format": "base64"}
-VALID_RESPONSE = {
+VALID_COMPLETION: dict[str, Any] = {
+    "model": "m",
+    "prompt": ["p"],
+    "suffix": "s",
+    "max_completion_tokens": 4,
+    "stop": "x",
+}
+VALID_EMBEDDINGS: dict[str, Any] = {
+    "model": "m",
+    "input": ["a", "b"],
+    "dimensions": 3,
+    "encoding_format": "base64",
+}
+VALID_RESPONSE: dict[str, Any] = {
     "choices": [
         {
             "index": 0,

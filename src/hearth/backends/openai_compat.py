@@ -66,6 +66,8 @@ class OpenAIBackend(Backend):
             yield chunk
 
     async def embed(self, req: EmbedRequest) -> EmbedResult:
+        if not req.inputs:
+            return EmbedResult(model=req.model, embeddings=[])  # Ollama's "load the model" request
         raw = await self.forward("POST", "/embeddings", msgspec.json.encode(wire.encode_embeddings(req)))
         obj = msgspec.json.decode(await raw.read())
         return wire.decode_embeddings_result(obj, req.model)

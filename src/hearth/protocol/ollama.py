@@ -148,7 +148,7 @@ def _format(d: JSON) -> str | JSON | None:
         return "json"
     if isinstance(value, dict):
         return value
-    raise BadRequest("invalid value for 'format'': expected \"json\" or a JSON schema object", param="format")
+    raise BadRequest("invalid value for 'format': expected \"json\" or a JSON schema object", param="format")
 
 
 def _keep_alive(d: JSON) -> str | int | float | None:
@@ -176,10 +176,9 @@ def _options(d: JSON) -> JSON:
 def decode_chat(body: object) -> ChatRequest:
     """Decode a /api/chat body. Raises BadRequest naming the offending field."""
     b = _body(body)
-    messages = [_message(v, f"messages[{i}]") for i, v in enumerate(_list(b, "messages", ""))]
     return ChatRequest(
         model=_req_str(b, "model", ""),
-        messages=messages,
+        messages=[_message(v, f"messages[{i}]") for i, v in enumerate(_list(b, "messages", ""))],
         stream=_bool(b, "stream", "", True),
         tools=[_tool(v, f"tools[{i}]") for i, v in enumerate(_list(b, "tools", ""))],
         format=_format(b),

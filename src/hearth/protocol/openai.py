@@ -207,16 +207,16 @@ def _usage(d: JSON) -> Usage | None:
 def decode_chat(body: object) -> ChatRequest:
     """Decode a /v1/chat/completions body. Raises BadRequest naming the offending parameter."""
     b = _body(body)
+    model = _req_str(b, "model", "")
     _check_n(b)
     if b.get("messages") is None:
         raise _missing("messages")
     messages = [_message(v, f"messages[{i}]") for i, v in enumerate(_list(b, "messages", ""))]
     _name_tool_results(messages)
-    stream = _bool(b, "stream", "", False)
     return ChatRequest(
-        model=_req_str(b, "model", ""),
+        model=model,
         messages=messages,
-        stream=stream,
+        stream=_bool(b, "stream", "", False),
         tools=[_tool(v, f"tools[{i}]") for i, v in enumerate(_list(b, "tools", ""))],
         format=_response_format(b),
         options=_options(b),
@@ -626,7 +626,8 @@ class ChatStreamDecoder:
         call.name = call.name or _opt_str(fn, "name", f"{path}.function") or ""
         args = fn.get("arguments")
         if args is not None:
-            call.arguments.append(args if isinstance(args, str) else _json_text(_arguments(args, path)))
+            apath = f"{path}.function.arguments"
+            call.arguments.append(args if isinstance(args, str) else _json_text(_arguments(args, apath)))
 
     def _flush_calls(self) -> list[Chunk]:
         if not self._calls:
@@ -819,7 +820,7 @@ def _unpack_floats(text: str, path: str) -> list[float]:
         raw = b64decode(text, validate=True)
         vec = array("f")
         vec.frombytes(raw)
-    except Base64Error as exc:
+    except (Base64Error, ValueError) as exc:
         raise _bad_value(path, "base64 of little-endian float32 values") from exc
     if sys.byteorder == "big":
         vec.byteswap()
