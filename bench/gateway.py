@@ -120,6 +120,7 @@ class Load:
     seconds: float
     rps: float
     latency: Latency
+    error_kinds: dict[str, int] = field(default_factory=dict)  # wrk: connect/read/write/status/timeout
 
 
 @dataclass(slots=True)
@@ -423,11 +424,12 @@ def run_wrk(port: int, concurrency: int, seconds: float, threads: int, script: P
     if res.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed ({res.returncode}): {res.stdout[-1500:]}{res.stderr[-1500:]}")
     w = json.loads(line[len("WRKJSON ") :])
-    errors = w["connect"] + w["read"] + w["write"] + w["status"] + w["timeout"]
+    kinds = {k: w[k] for k in ("connect", "read", "write", "status", "timeout") if w[k]}
+    errors = sum(kinds.values())
     secs = w["duration_us"] / 1e6
     ms = {k: w[k] / 1000 for k in ("mean", "p50", "p90", "p99", "max")}  # wrk reports microseconds
     lat = Latency(w["requests"], ms["mean"], ms["p50"], ms["p90"], ms["p99"], ms["max"])
-    return Load("wrk", concurrency, w["requests"], errors, secs, w["requests"] / secs, lat)
+    return Load("wrk", concurrency, w["requests"], errors, secs, w["requests"] / secs, lat, kinds)
 
 
 class _Conn(asyncio.Protocol):
@@ -639,6 +641,8 @@ def sustained(
             raise RuntimeError("no requests completed while topping up")
         count += top.requests
         main.errors += top.errors
+        for k, v in top.error_kinds.items():
+            main.error_kinds[k] = main.error_kinds.get(k, 0) + v
         rss.samples_kib.append(rss_kib(svc.hearth_pid))
     rss.requests_between = count
     return main
@@ -764,7 +768,8 @@ def table(r: Report) -> Iterator[str]:
             f"{'  throughput (req/s)':<{w}}{_fmt(d64.rps, 0):>10}{_fmt(h64.rps, 0):>10}{'':>10}   "
             f">= {TARGET_RPS:,.0f} {_verdict(v.get('rps_c64'))}"
         )
-        yield f"{'  errors':<{w}}{d64.errors:>10}{h64.errors:>10}"
+        kinds = ", ".join(f"{k} {v}" for k, v in h64.error_kinds.items())
+        yield f"{'  errors':<{w}}{d64.errors:>10}{h64.errors:>10}" + (f"   ({kinds})" if kinds else "")
     yield ""
     if r.stream_direct and r.stream_hearth:
         yield f"{'streaming /api/chat (NDJSON lines)':<{w}}{'direct':>10}{'hearth':>10}{'ratio':>10}"
