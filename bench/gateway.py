@@ -155,6 +155,8 @@ class Report:
     rss: Rss | None = None
     stream_direct: list[Stream] = field(default_factory=list)
     stream_hearth: list[Stream] = field(default_factory=list)
+    hearth_log: list[str] = field(default_factory=list)  # WARNING/ERROR lines Hearth logged
+    failures: list[str] = field(default_factory=list)  # phases that could not complete
 
     def added(self, which: str) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -312,6 +314,14 @@ class Services:
         assert self.hearth is not None
         return self.hearth.pid
 
+    def log_problems(self, limit: int = 20) -> list[str]:
+        path = self.tmp / "hearth.log"
+        if not path.exists():
+            return []
+        lines = path.read_text(errors="replace").splitlines()
+        bad = [ln for ln in lines if any(w in ln for w in ("WARNING", "ERROR", "CRITICAL", "Traceback"))]
+        return bad[-limit:]
+
     def check_alive(self) -> None:
         for p, name in zip(self.procs, ("backend", "hearth"), strict=False):
             if p.poll() is not None:
@@ -441,6 +451,7 @@ class _Conn(asyncio.Protocol):
         self.waiter: asyncio.Future[int] | None = None
         self.lines = 0
         self.first: float = 0.0
+        self.head = b""  # the start of the body, for error messages
         self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -457,6 +468,7 @@ class _Conn(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         if not self.first:
             self.first = time.perf_counter()
+            self.head = body[:300]
         self.lines += body.count(b"\n")
 
     def on_message_complete(self) -> None:
@@ -468,6 +480,7 @@ class _Conn(asyncio.Protocol):
         self.waiter = asyncio.get_running_loop().create_future()
         self.lines = 0
         self.first = 0.0
+        self.head = b""
         self.transport.write(raw)
         return await self.waiter
 
@@ -573,7 +586,10 @@ async def _streams(port: int, clients: int, per_client: int, chunks: int) -> Str
                 t0 = time.perf_counter()
                 status = await conn.request(raw)
                 if status != 200 or conn.lines != chunks + 1:
-                    raise RuntimeError(f"stream: status {status}, {conn.lines} lines, expected {chunks + 1}")
+                    raise RuntimeError(
+                        f"stream from :{port}: status {status}, {conn.lines} lines, expected {chunks + 1}: "
+                        f"{conn.head.decode(errors='replace')}"
+                    )
                 firsts.append((conn.first - t0) * 1000)
                 total += conn.lines
         finally:
@@ -712,10 +728,15 @@ def run(args: argparse.Namespace) -> Report:
             ("through Hearth", svc.hearth_port, report.stream_hearth),
         ):
             log(f"streaming {label}: {n}-chunk streams, 1 client and {plan.stream_clients} clients")
-            bench_stream(port, 1, 1, n)  # warm-up
-            out.append(bench_stream(port, 1, plan.stream_per_client * 2, n))
-            out.append(bench_stream(port, plan.stream_clients, plan.stream_per_client, n))
+            try:
+                bench_stream(port, 1, 1, n)  # warm-up
+                out.append(bench_stream(port, 1, plan.stream_per_client * 2, n))
+                out.append(bench_stream(port, plan.stream_clients, plan.stream_per_client, n))
+            except (RuntimeError, OSError) as exc:
+                log(f"streaming {label} failed: {exc}")
+                report.failures.append(f"streaming {label}: {exc}")
         svc.check_alive()
+        report.hearth_log = svc.log_problems()
     return report
 
 
@@ -799,6 +820,17 @@ def table(r: Report) -> Iterator[str]:
         )
 
 
+def problems(r: Report) -> Iterator[str]:
+    if r.failures:
+        yield ""
+        yield "failed phases:"
+        yield from (f"  {f}" for f in r.failures)
+    if r.hearth_log:
+        yield ""
+        yield "hearth logged (last WARNING/ERROR lines):"
+        yield from (f"  {ln}" for ln in r.hearth_log)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--quick", action="store_true", help="small smoke run (under 30 s)")
@@ -834,8 +866,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(report.as_json(), indent=2))
     else:
-        print("\n".join(table(report)))
-    return 0
+        print("\n".join([*table(report), *problems(report)]))
+    return 1 if report.failures else 0
 
 
 if __name__ == "__main__":

@@ -61,6 +61,10 @@ class Breaker:
         self.failures = 0
         self.probing = False
 
+    def abandon(self) -> None:
+        """The request ended without telling anything about the backend (a client left)."""
+        self.probing = False
+
     def failure(self) -> None:
         self.failures += 1
         self.probing = False
@@ -137,9 +141,16 @@ class Pool:
             self.states.append(BackendState(backend, i, Breaker(settings.routing.breaker)))
         self.by_name = {s.name: s for s in self.states}
         self._task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     async def refresh(self, states: Iterable[BackendState] | None = None) -> None:
         await asyncio.gather(*(self._poll(s) for s in (self.states if states is None else states)))
+
+    def refresh_soon(self, state: BackendState) -> None:
+        """Re-poll one backend in the background (its model list turned out stale)."""
+        task = asyncio.get_running_loop().create_task(self._poll(state))
+        self._background.add(task)  # the loop holds tasks weakly
+        task.add_done_callback(self._background.discard)
 
     async def _poll(self, state: BackendState) -> None:
         try:

@@ -14,7 +14,6 @@ adapter and canonical chunks come back for the api layer to encode.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -76,12 +75,16 @@ class _Lease:
         state.in_flight += 1
         state.breaker.begin()
 
-    def settle(self, ok: bool) -> None:
+    def settle(self, ok: bool | None) -> None:
+        """ok: the backend did its job; False: it failed; None: says nothing of its health
+        (the client left)."""
         if self._done:
             return
         self._done = True
         self.state.in_flight -= 1
-        if ok:
+        if ok is None:
+            self.state.breaker.abandon()
+        elif ok:
             self.state.breaker.success()
         else:
             self.state.breaker.failure()
@@ -106,7 +109,7 @@ class Passthrough:
             self._trace.finish(exc.status, exc.message)
             raise
         except BaseException:
-            self._lease.settle(False)
+            self._lease.settle(None)
             self._trace.finish(499, "client disconnected")
             raise
         self._lease.settle(True)
@@ -140,7 +143,7 @@ class Passthrough:
             raise
         finally:
             self.raw.close()
-            self._lease.settle(True)
+            self._lease.settle(True if ok else None)
             if ok:
                 trace.finish(200, tokens=peek_usage(self._dialect, last))
             else:
@@ -175,7 +178,7 @@ class Translated:
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
                 await aclose()
-            self._lease.settle(True)
+            self._lease.settle(True if ok else None)
             if ok:
                 trace.finish_usage(usage)
             else:
@@ -243,7 +246,7 @@ class Gateway:
                     raise
                 # Stale discovery: this backend no longer has the model.
                 last = exc
-                asyncio.get_running_loop().create_task(self.pool.refresh([state]))
+                self.pool.refresh_soon(state)
         assert last is not None
         if isinstance(last, UpstreamError) and last.status == 404:
             raise ModelNotFound(call.request.model) from last
@@ -277,7 +280,7 @@ class Gateway:
             lease.settle(exc.status < 500 and not (isinstance(exc, BackendUnavailable) and exc.status != 429))
             raise
         except BaseException:
-            lease.settle(False)
+            lease.settle(None)  # cancelled: the client left, the backend did nothing wrong
             raise
 
     def _native_body(self, call: Call, target: Target) -> bytes:
