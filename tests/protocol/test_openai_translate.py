@@ -6,6 +6,7 @@ import contextlib
 import copy
 import dataclasses
 from collections.abc import Iterator
+from types import ModuleType
 from typing import Any
 
 import httpx
@@ -19,6 +20,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from hearth.errors import BadRequest, UpstreamError
 from hearth.protocol import openai as wire
+from hearth.protocol import openai_stream
 from hearth.protocol.canonical import (
     ChatRequest,
     Chunk,
@@ -71,9 +73,29 @@ def finish(reason: str) -> dict[str, Any]:
 USAGE_ONLY = {"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}}
 
 
+def public_names(module: ModuleType, *homes: ModuleType) -> set[str]:
+    """The public names ``module`` holds that are defined in ``module`` itself or in one of ``homes``."""
+    where = {module.__name__} | {home.__name__ for home in homes}
+    return {
+        n
+        for n, v in vars(module).items()
+        if getattr(v, "__module__", None) in where and not n.startswith("_")
+    }
+
+
 def test_all_lists_exactly_the_public_names() -> None:
-    defined = {n for n, v in vars(wire).items() if getattr(v, "__module__", None) == wire.__name__}
-    assert set(wire.__all__) == {n for n in defined if not n.startswith("_")}
+    # The stream codecs live in openai_stream; openai re-exports exactly those as its own.
+    assert set(wire.__all__) == public_names(wire, openai_stream)
+    assert set(openai_stream.__all__) <= set(wire.__all__)
+
+
+def test_stream_module_all_lists_exactly_the_public_names() -> None:
+    assert set(openai_stream.__all__) == public_names(openai_stream)
+
+
+def test_stream_codecs_are_importable_from_openai() -> None:
+    assert wire.ChatStreamDecoder is openai_stream.ChatStreamDecoder
+    assert wire.ChatStreamEncoder is openai_stream.ChatStreamEncoder
 
 
 # --- chat request decoding ----------------------------------------------------------------------------

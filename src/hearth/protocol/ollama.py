@@ -5,9 +5,23 @@ the canonical model, in both directions: client requests and NDJSON responses, b
 from __future__ import annotations
 
 import datetime as _dt
-from typing import Any
 
 from hearth.errors import BadRequest, UpstreamError
+from hearth.protocol._fields import (
+    _bad_type,
+    _bad_value,
+    _body,
+    _bool,
+    _list,
+    _obj,
+    _opt_int,
+    _opt_obj,
+    _opt_str,
+    _path,
+    _req_obj,
+    _req_str,
+    _str_list,
+)
 from hearth.protocol.canonical import (
     JSON,
     ChatRequest,
@@ -51,93 +65,8 @@ _FINAL_FIELDS = (
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Field validation. A path names the field the way a client wrote it, e.g. "messages[1].content".
-
-
-def _path(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
-
-
-def _bad_type(path: str, expected: str) -> BadRequest:
-    return BadRequest(f"invalid type for '{path}': expected {expected}", param=path)
-
-
-def _body(body: object) -> JSON:
-    if not isinstance(body, dict):
-        raise BadRequest("invalid request body: expected a JSON object")
-    return body
-
-
-def _obj(value: object, path: str) -> JSON:
-    if not isinstance(value, dict):
-        raise _bad_type(path, "an object")
-    return value
-
-
-def _req_obj(d: JSON, key: str, where: str) -> JSON:
-    value = d.get(key)
-    if value is None:
-        raise BadRequest(f"missing field '{_path(where, key)}'", param=_path(where, key))
-    return _obj(value, _path(where, key))
-
-
-def _opt_obj(d: JSON, key: str, where: str) -> JSON | None:
-    value = d.get(key)
-    return None if value is None else _obj(value, _path(where, key))
-
-
-def _req_str(d: JSON, key: str, where: str) -> str:
-    value = d.get(key)
-    if value is None:
-        raise BadRequest(f"missing field '{_path(where, key)}'", param=_path(where, key))
-    if not isinstance(value, str):
-        raise _bad_type(_path(where, key), "a string")
-    return value
-
-
-def _opt_str(d: JSON, key: str, where: str) -> str | None:
-    # Go decodes null into a string as "", so null is treated as absent throughout.
-    value = d.get(key)
-    if value is None or isinstance(value, str):
-        return value
-    raise _bad_type(_path(where, key), "a string")
-
-
-def _bool(d: JSON, key: str, where: str, default: bool) -> bool:
-    value = d.get(key)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise _bad_type(_path(where, key), "a boolean")
-    return value
-
-
-def _opt_int(d: JSON, key: str, where: str) -> int | None:
-    value = d.get(key)
-    if value is None:
-        return None
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise _bad_type(_path(where, key), "an integer")
-    return value
-
-
-def _list(d: JSON, key: str, where: str) -> list[Any]:
-    value = d.get(key)
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise _bad_type(_path(where, key), "an array")
-    return value
-
-
-def _str_list(d: JSON, key: str, where: str) -> list[str]:
-    items = _list(d, key, where)
-    for i, item in enumerate(items):
-        if not isinstance(item, str):
-            raise _bad_type(f"{_path(where, key)}[{i}]", "a string")
-    return list(items)
+# Field validation beyond the shared checks in _fields. A path names the field the way a client wrote it,
+# e.g. "messages[1].content".
 
 
 def _format(d: JSON) -> str | JSON | None:
@@ -148,7 +77,7 @@ def _format(d: JSON) -> str | JSON | None:
         return "json"
     if isinstance(value, dict):
         return value
-    raise BadRequest("invalid value for 'format': expected \"json\" or a JSON schema object", param="format")
+    raise _bad_value("format", '"json" or a JSON schema object')
 
 
 def _keep_alive(d: JSON) -> str | int | float | None:
@@ -219,7 +148,7 @@ def _tool_call(value: object, path: str, position: int) -> ToolCall:
 def _tool(value: object, path: str) -> Tool:
     t = _obj(value, path)
     if _opt_str(t, "type", path) not in (None, "function"):
-        raise BadRequest(f"invalid value for '{path}.type': expected \"function\"", param=f"{path}.type")
+        raise _bad_value(f"{path}.type", '"function"')
     fpath = f"{path}.function"
     fn = _req_obj(t, "function", path)
     return Tool(
