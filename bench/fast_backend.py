@@ -93,8 +93,16 @@ class _Date:
 
 def _response(status: bytes, body: bytes, ctype: bytes = JSON_TYPE) -> bytes:
     return (
-        b"HTTP/1.1 " + status + b"\r\nContent-Type: " + ctype + b"\r\nDate: " + _Date.value
-        + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        b"HTTP/1.1 "
+        + status
+        + b"\r\nContent-Type: "
+        + ctype
+        + b"\r\nDate: "
+        + _Date.value
+        + b"\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
     )
 
 
@@ -201,7 +209,8 @@ class FakeOllama(asyncio.Protocol):
         assert t is not None
         try:
             t.write(
-                b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nDate: " + _Date.value
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nDate: "
+                + _Date.value
                 + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
             )
             line = _chunk(_STREAM_LINE)
@@ -234,11 +243,11 @@ async def serve(host: str, port: int) -> None:
     loop = asyncio.get_running_loop()
     _Date.tick()
     server = await loop.create_server(FakeOllama, host, port, backlog=1024, reuse_address=True)
-    stop = loop.create_future()
+    stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+        loop.add_signal_handler(sig, stop.set)
     async with server:
-        await stop
+        await stop.wait()
 
 
 def main() -> None:

@@ -41,6 +41,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from array import array
@@ -131,6 +132,7 @@ class Stream:
     seconds: float
     chunks_per_s: float
     first_chunk_ms_p50: float
+    first_chunk_ms_p99: float
 
 
 @dataclass(slots=True)
@@ -140,7 +142,11 @@ class Rss:
     after_kib: int = 0
     requests_between: int = 0
     growth_pct: float = 0.0
-    samples_kib: list[int] = field(default_factory=list)  # after each segment of the run
+    # Sampled every half second during the run: a leak keeps climbing, a warm-up levels off.
+    samples_kib: list[int] = field(default_factory=list)
+    second_half_growth_pct: float = 0.0
+    # CPU use during the run, % of one CPU: hearth, backend, bench (load generator), other.
+    cpu_pct: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -155,6 +161,9 @@ class Report:
     rss: Rss | None = None
     stream_direct: list[Stream] = field(default_factory=list)
     stream_hearth: list[Stream] = field(default_factory=list)
+    # Sequential one-token streams: time to the first body byte, direct and through Hearth.
+    ttfb_direct: Stream | None = None
+    ttfb_hearth: Stream | None = None
     hearth_log: list[str] = field(default_factory=list)  # WARNING/ERROR lines Hearth logged
     failures: list[str] = field(default_factory=list)  # phases that could not complete
 
@@ -204,6 +213,46 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def proc_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu_s() -> float:
+    """CPU seconds all CPUs have spent busy (not idle or iowait) since boot."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(f[:8]) - f[3] - f[4]) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """Who used the CPUs during a phase: Hearth, the fake backend, the load generator and this
+    script, and everything else on the machine (other jobs make the numbers noisy)."""
+
+    def __init__(self, hearth: int, backend: int) -> None:
+        self.pids = {"hearth": hearth, "backend": backend}
+
+    def _read(self) -> dict[str, float]:
+        t = os.times()
+        out = {name: proc_cpu_s(pid) for name, pid in self.pids.items()}
+        out["bench"] = t.user + t.system + t.children_user + t.children_system  # wrk is a child
+        out["machine"] = machine_cpu_s()
+        out["wall"] = time.monotonic()
+        return out
+
+    def __enter__(self) -> CpuMeter:
+        self.start = self._read()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = self._read()
+        d = {k: end[k] - self.start[k] for k in end}
+        wall = d.pop("wall")
+        machine = d.pop("machine")
+        self.pct = {k: round(v / wall * 100, 1) for k, v in d.items()}  # % of one CPU
+        self.pct["other"] = round(max(0.0, machine - sum(d.values())) / wall * 100, 1)
 
 
 def rss_kib(pid: int) -> int:
@@ -599,7 +648,8 @@ async def _streams(port: int, clients: int, per_client: int, chunks: int) -> Str
     start = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))
     secs = time.perf_counter() - start
-    return Stream(clients, clients * per_client, total, secs, total / secs, Latency.of(firsts).p50)
+    first = Latency.of(firsts)
+    return Stream(clients, clients * per_client, total, secs, total / secs, first.p50, first.p99)
 
 
 def bench_stream(port: int, clients: int, per_client: int, chunks: int) -> Stream:
@@ -621,13 +671,14 @@ class Plan:
     stream_chunks: int
     stream_clients: int
     stream_per_client: int
+    ttfb_streams: int
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
     if args.quick:
-        plan = Plan(1000, 200, 250, args.concurrency, 2, 1, 10_000, 1000, 4, 1)
+        plan = Plan(1000, 200, 250, args.concurrency, 2, 1, 10_000, 1000, 4, 1, 200)
     else:
-        plan = Plan(10_000, 1000, 500, args.concurrency, 10, 5, 100_000, 1000, 8, 3)
+        plan = Plan(10_000, 1000, 500, args.concurrency, 10, 5, 100_000, 1000, 8, 3, 2000)
     if args.requests is not None:
         plan.requests = args.requests
     if args.c1_requests is not None:
@@ -637,30 +688,59 @@ def make_plan(args: argparse.Namespace) -> Plan:
     return plan
 
 
-def sustained(
-    svc: Services, gen: LoadGen, plan: Plan, est_rps: float, rss: Rss
-) -> Load:
+class RssSampler:
+    """Reads a process's RSS every ``interval`` seconds in a thread while a load runs."""
+
+    def __init__(self, pid: int, interval: float = 0.5) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            with contextlib.suppress(OSError, RuntimeError):
+                self.samples.append(rss_kib(self.pid))
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def sustained(svc: Services, gen: LoadGen, plan: Plan, est_rps: float, rss: Rss) -> Load:
     """Run through Hearth until ``plan.requests`` requests have been answered: one main run sized
     from the warm-up rate (it gives the throughput and latency figures), topped up if short."""
     target = plan.requests
     seconds = min(max(target / max(est_rps, 1.0) * 1.05, 2.0), 600.0)
     log(f"c={plan.concurrency} through Hearth: ~{seconds:.0f}s for {target:,} requests (RSS phase)")
-    main = gen.run(svc.hearth_port, plan.concurrency, seconds)
-    count = main.requests
-    rss.samples_kib.append(rss_kib(svc.hearth_pid))
-    while count < target:
-        svc.check_alive()
-        more = (target - count) / max(main.rps, 1.0) * 1.1 + 1
-        log(f"topping up: {target - count:,} more requests (~{more:.0f}s)")
-        top = gen.run(svc.hearth_port, plan.concurrency, more)
-        if top.requests == 0:
-            raise RuntimeError("no requests completed while topping up")
-        count += top.requests
-        main.errors += top.errors
-        for k, v in top.error_kinds.items():
-            main.error_kinds[k] = main.error_kinds.get(k, 0) + v
-        rss.samples_kib.append(rss_kib(svc.hearth_pid))
+    assert svc.hearth is not None
+    meter = CpuMeter(svc.hearth_pid, svc.procs[0].pid)
+    with RssSampler(svc.hearth_pid) as sampler, meter:
+        main = gen.run(svc.hearth_port, plan.concurrency, seconds)
+        count = main.requests
+        while count < target:
+            svc.check_alive()
+            more = (target - count) / max(main.rps, 1.0) * 1.1 + 1
+            log(f"topping up: {target - count:,} more requests (~{more:.0f}s)")
+            top = gen.run(svc.hearth_port, plan.concurrency, more)
+            if top.requests == 0:
+                raise RuntimeError("no requests completed while topping up")
+            count += top.requests
+            main.errors += top.errors
+            for k, v in top.error_kinds.items():
+                main.error_kinds[k] = main.error_kinds.get(k, 0) + v
     rss.requests_between = count
+    rss.cpu_pct = meter.pct
+    step = max(1, len(sampler.samples) // 20)
+    rss.samples_kib = sampler.samples[::step]
+    if len(sampler.samples) >= 2:
+        mid = sampler.samples[len(sampler.samples) // 2]
+        rss.second_half_growth_pct = (sampler.samples[-1] - mid) / mid * 100
     return main
 
 
@@ -691,9 +771,10 @@ def run(args: argparse.Namespace) -> Report:
     )
     hearth_env = dict(kv.split("=", 1) for kv in args.hearth_env)
     report.options["hearth_env"] = hearth_env
-    with tempfile.TemporaryDirectory(prefix="hearth-bench-") as tmpdir, Services(
-        Path(tmpdir), hearth_cpus, args.log_level, hearth_env
-    ) as svc:
+    with (
+        tempfile.TemporaryDirectory(prefix="hearth-bench-") as tmpdir,
+        Services(Path(tmpdir), hearth_cpus, args.log_level, hearth_env) as svc,
+    ):
         tmp = Path(tmpdir)
         gen = LoadGen(use_wrk, tmp, args.wrk_threads, args.procs)
         report.options["load_generator"] = gen.name
@@ -732,6 +813,11 @@ def run(args: argparse.Namespace) -> Report:
                 bench_stream(port, 1, 1, n)  # warm-up
                 out.append(bench_stream(port, 1, plan.stream_per_client * 2, n))
                 out.append(bench_stream(port, plan.stream_clients, plan.stream_per_client, n))
+                ttfb = bench_stream(port, 1, plan.ttfb_streams, 1)
+                if port == svc.backend_port:
+                    report.ttfb_direct = ttfb
+                else:
+                    report.ttfb_hearth = ttfb
             except (RuntimeError, OSError) as exc:
                 log(f"streaming {label} failed: {exc}")
                 report.failures.append(f"streaming {label}: {exc}")
@@ -768,10 +854,12 @@ def table(r: Report) -> Iterator[str]:
     a1 = r.added("c1")
     if r.c1_direct and r.c1_hearth:
         d, h = r.c1_direct, r.c1_hearth
-        yield f"{f'c=1 ({h.n:,} req each)':<{w}}"
-        for p, tgt, key in (("p50", f"<= {TARGET_ADDED_P50_MS:g} ms", "added_p50_c1"),
-                            ("p90", "", ""),
-                            ("p99", f"<= {TARGET_ADDED_P99_MS:g} ms", "added_p99_c1")):
+        yield f"c=1 ({h.n:,} req each)"
+        for p, tgt, key in (
+            ("p50", f"<= {TARGET_ADDED_P50_MS:g} ms", "added_p50_c1"),
+            ("p90", "", ""),
+            ("p99", f"<= {TARGET_ADDED_P99_MS:g} ms", "added_p99_c1"),
+        ):
             yield (
                 f"{'  latency ' + p + ' (ms)':<{w}}{_fmt(getattr(d, p)):>10}{_fmt(getattr(h, p)):>10}"
                 f"{_fmt(a1[p]):>10}   {tgt} {_verdict(v.get(key)) if key else ''}".rstrip()
@@ -779,7 +867,7 @@ def table(r: Report) -> Iterator[str]:
     if r.c64_direct and r.c64_hearth:
         d64, h64 = r.c64_direct, r.c64_hearth
         a64 = r.added("c64")
-        yield f"{f'c={h64.concurrency} ({h64.requests:,} req via hearth)':<{w}}"
+        yield f"c={h64.concurrency} ({h64.requests:,} requests through hearth in the main run)"
         for p in ("p50", "p90", "p99"):
             yield (
                 f"{'  latency ' + p + ' (ms)':<{w}}{_fmt(getattr(d64.latency, p)):>10}"
@@ -801,12 +889,15 @@ def table(r: Report) -> Iterator[str]:
                 f"{label:<{w}}{_fmt(sd.chunks_per_s, 0):>10}{_fmt(sh.chunks_per_s, 0):>10}"
                 f"{_fmt(sh.chunks_per_s / sd.chunks_per_s, 2):>10}"
             )
-        sh0 = r.stream_hearth[0]
-        sd0 = r.stream_direct[0]
-        yield (
-            f"{'  first chunk p50 (ms), 1 client':<{w}}"
-            f"{_fmt(sd0.first_chunk_ms_p50):>10}{_fmt(sh0.first_chunk_ms_p50):>10}"
-        )
+        td, th = r.ttfb_direct, r.ttfb_hearth
+        if td and th:
+            yield f"  first chunk, {th.streams:,} sequential 1-token streams"
+            for label, dv, hv in (
+                ("p50", td.first_chunk_ms_p50, th.first_chunk_ms_p50),
+                ("p99", td.first_chunk_ms_p99, th.first_chunk_ms_p99),
+            ):
+                row = f"{'    ' + label + ' (ms)':<{w}}{_fmt(dv):>10}{_fmt(hv):>10}"
+                yield f"{row}{_fmt(hv - dv):>10}  (added)"
         yield ""
     if r.rss:
         s = r.rss
@@ -818,6 +909,13 @@ def table(r: Report) -> Iterator[str]:
             f"  growth vs baseline               {s.growth_pct:+9.1f}%   < {TARGET_RSS_GROWTH_PCT:g}% "
             f"{_verdict(v.get('rss_growth'))}"
         )
+        yield f"  growth over the 2nd half of run  {s.second_half_growth_pct:+9.1f}%   (~0 = levelled off)"
+        if s.samples_kib:
+            yield "  during the run (MiB): " + " ".join(f"{k / 1024:.0f}" for k in s.samples_kib)
+        if s.cpu_pct:
+            yield ""
+            yield "CPU during the c=64 run through Hearth (% of one CPU; 'other' is outside the benchmark):"
+            yield "  " + ", ".join(f"{k} {v:.0f}%" for k, v in s.cpu_pct.items())
 
 
 def problems(r: Report) -> Iterator[str]:

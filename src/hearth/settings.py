@@ -94,7 +94,7 @@ class StoreSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # Record one row per model call (never prompts or replies).
     log_requests: bool = True
     # Rows are written in batches this often; a crash loses at most this much.
-    flush_interval: float = 1.0
+    flush_interval: float = 0.2
     # Rows held while the store is slow; beyond this they are dropped and counted.
     max_pending: int = 100_000
 
@@ -257,7 +257,7 @@ server:
 store:
   # url: postgresql+psycopg://hearth:${PGPASSWORD}@db/hearth   # default: <data_dir>/hearth.db
   log_requests: true       # one row per call: model, backend, status, timings, tokens; never prompts
-  flush_interval: 1        # seconds between batched writes (a crash loses at most this much)
+  flush_interval: 0.2      # seconds between batched writes (a crash loses at most this much)
 
 timeouts:                  # seconds
   connect: 5

@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import msgspec
+import yarl
 
 from hearth.errors import BackendUnavailable, UpstreamError
 from hearth.protocol.canonical import ChatRequest, Chunk, CompletionRequest, EmbedRequest, EmbedResult
@@ -146,6 +147,7 @@ class Backend(abc.ABC):
         self.name = cfg.name
         self.base = cfg.url.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[str, yarl.URL] = {}  # parsed once per path: URL parsing showed in profiles
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
         )
@@ -175,9 +177,14 @@ class Backend(abc.ABC):
         """
         hdrs = self._headers if headers is None else {**self._headers, **headers}
         assert self._session is not None, "backend used before Pool.start()"
+        url = self._urls.get(path)
+        if url is None:
+            url = yarl.URL(self.base + path)
+            if len(self._urls) < 256:  # paths with digests (blobs) must not grow this forever
+                self._urls[path] = url
         try:
             resp = await self._session.request(
-                method, self.base + path, data=body, headers=hdrs, timeout=timeout or self._timeout
+                method, url, data=body, headers=hdrs, timeout=timeout or self._timeout
             )
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise BackendUnavailable(f"backend '{self.name}' unreachable: {exc!r}", 503, self.name) from exc

@@ -1,10 +1,12 @@
 """The request log: one row per model call, written in batches off the request path.
 
-``RequestLog.add`` only appends to a list; a background task hands the batch to the store
-every ``store.flush_interval`` seconds (in a thread, so the event loop never waits on disk),
-and a graceful shutdown flushes what is left. A crash loses at most one flush interval of rows.
-If the store falls behind, rows beyond ``store.max_pending`` are dropped and counted rather
-than let memory grow.
+``RequestLog.add`` only appends a tuple to a list; a background task hands the batch to the
+store every ``store.flush_interval`` seconds, and a graceful shutdown flushes what is left. A
+crash loses at most one flush interval of rows. For SQLite the batch is written on the event
+loop (small and frequent: about 5 us a row, see store/db.py for why not a thread) and the WAL
+checkpoint runs in a thread; for other databases the whole write runs in a thread. If the store
+falls behind, rows beyond ``store.max_pending`` are dropped and counted rather than let memory
+grow.
 
 Token counts are peeked from the backend's own final record (Ollama's prompt_eval_count and
 eval_count, OpenAI's usage); prompts and replies are never stored.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from typing import Any
 
@@ -69,23 +72,34 @@ def peek_usage(dialect: str, record: bytes) -> tuple[int | None, int | None]:
 class Trace:
     """What one call did, filled in along the way and written once at the end."""
 
-    __slots__ = ("_log", "_t0", "_ttft", "attempts", "backend", "done", "row", "served_model")
+    __slots__ = (
+        "_log",
+        "_t0",
+        "_ts",
+        "_ttft",
+        "attempts",
+        "backend",
+        "dialect",
+        "done",
+        "endpoint",
+        "model",
+        "served_model",
+        "stream",
+    )
 
     def __init__(self, log: RequestLog, dialect: str, endpoint: str, model: str, stream: bool) -> None:
         self._log = log
         self._t0 = time.perf_counter()
+        self._ts = time.time()
         self._ttft: float | None = None
+        self.dialect = dialect
+        self.endpoint = endpoint
+        self.model = model
+        self.stream = stream
         self.attempts = 0
         self.backend: str | None = None
         self.served_model: str | None = None
         self.done = False
-        self.row: dict[str, Any] = {
-            "ts": time.time(),
-            "dialect": dialect,
-            "endpoint": endpoint,
-            "model": model,
-            "stream": stream,
-        }
 
     def first_byte(self) -> None:
         if self._ttft is None:
@@ -100,18 +114,25 @@ class Trace:
         if self.done:
             return
         self.done = True
-        self.row.update(
-            served_model=self.served_model,
-            backend=self.backend,
-            status=status,
-            attempts=self.attempts,
-            duration_ms=(time.perf_counter() - self._t0) * 1000,
-            ttft_ms=self._ttft,
-            prompt_tokens=tokens[0],
-            completion_tokens=tokens[1],
-            error=error,
+        # In REQUEST_COLUMNS order (store/schema.py).
+        self._log.add(
+            (
+                self._ts,
+                self.dialect,
+                self.endpoint,
+                self.model,
+                self.served_model,
+                self.backend,
+                status,
+                self.stream,
+                self.attempts,
+                (time.perf_counter() - self._t0) * 1000,
+                self._ttft,
+                tokens[0],
+                tokens[1],
+                error,
+            )
         )
-        self._log.add(self.row)
 
     def finish_usage(self, usage: Usage | None, status: int = 200, error: str | None = None) -> None:
         tokens = (usage.prompt_tokens, usage.completion_tokens) if usage else (None, None)
@@ -119,11 +140,15 @@ class Trace:
 
 
 class RequestLog:
+    # Fold the SQLite WAL back into the database after this many rows.
+    CHECKPOINT_ROWS = 20_000
+
     def __init__(self, store: Store | None, flush_interval: float, max_pending: int) -> None:
         self.store = store
         self.flush_interval = flush_interval
         self.max_pending = max_pending
-        self.pending: list[dict[str, Any]] = []
+        self.pending: list[tuple[Any, ...]] = []
+        self._since_checkpoint = 0
         self.dropped = 0
         self.written = 0
         self._task: asyncio.Task[None] | None = None
@@ -131,7 +156,7 @@ class RequestLog:
     def trace(self, dialect: str, endpoint: str, model: str, stream: bool) -> Trace:
         return Trace(self, dialect, endpoint, model, stream)
 
-    def add(self, row: dict[str, Any]) -> None:
+    def add(self, row: tuple[Any, ...]) -> None:
         if self.store is None:
             return
         if len(self.pending) >= self.max_pending:
@@ -143,13 +168,21 @@ class RequestLog:
         if not self.pending or self.store is None:
             return
         batch, self.pending = self.pending, []
+        store = self.store
         try:
-            await asyncio.to_thread(self.store.insert_requests, batch)
-        except sqlalchemy.exc.SQLAlchemyError as exc:
+            if store.inline_writes:
+                store.insert_requests(batch)
+            else:
+                await asyncio.to_thread(store.insert_requests, batch)
+        except (sqlalchemy.exc.SQLAlchemyError, sqlite3.Error) as exc:
             self.dropped += len(batch)
             log.error("could not write %d request records: %s", len(batch), exc)
-        else:
-            self.written += len(batch)
+            return
+        self.written += len(batch)
+        self._since_checkpoint += len(batch)
+        if self._since_checkpoint >= self.CHECKPOINT_ROWS:
+            self._since_checkpoint = 0
+            await asyncio.to_thread(store.checkpoint)
 
     async def _loop(self) -> None:
         while True:

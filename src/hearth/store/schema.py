@@ -29,3 +29,6 @@ requests = sa.Table(
     sa.Column("completion_tokens", sa.Integer),
     sa.Column("error", sa.Text),
 )
+
+# Column order of the tuples the request log hands to Store.insert_requests.
+REQUEST_COLUMNS = tuple(c.name for c in requests.columns if c.name != "id")
