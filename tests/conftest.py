@@ -61,10 +61,13 @@ def make_settings(backends: list[dict[str, Any]], **extra: Any) -> Settings:
     import tempfile
 
     data_dir = tempfile.mkdtemp(prefix="hearth-test-")
+    # Tests act from loopback as an admin tenant unless they configure auth themselves.
     data: dict[str, Any] = {
         "backends": backends,
         "discovery": {"interval": 3600},
         "server": {"data_dir": data_dir},
+        "auth": {"trusted_networks": {"127.0.0.0/8": "tests"}},
+        "tenants": {"tests": {"admin": True}},
     }
     for key, value in extra.items():
         if key == "server":

@@ -9,18 +9,24 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
 from hearth.api.admin import AdminAPI
+from hearth.api.auth import AuthMiddleware
+from hearth.api.metrics import MetricsAPI
 from hearth.api.ollama import OllamaAPI
 from hearth.api.openai import OpenAIAPI
 from hearth.backends.pool import Pool
+from hearth.gateway.auth import Authenticator
 from hearth.gateway.catalog import Catalog
 from hearth.gateway.dispatch import Gateway
 from hearth.gateway.manage import Manager
 from hearth.gateway.records import RequestLog
 from hearth.gateway.router import Router
+from hearth.observability.metrics import Metrics
 from hearth.settings import Settings
 from hearth.store.db import Store
 
@@ -31,17 +37,23 @@ def create_app(settings: Settings) -> Starlette:
     router = Router(settings)
     pool = Pool(settings)
     store = Store(settings.store_url)
+    registry = CollectorRegistry()  # per app: two apps in one process never share a series
+    metrics = Metrics(registry, pool, settings.aliases)
     records = RequestLog(
         store if settings.store.log_requests else None,
         settings.store.flush_interval,
         settings.store.max_pending,
+        metrics=metrics,
     )
+    metrics.watch(records)
     gateway = Gateway(pool, router, settings.routing.max_attempts, records)
     catalog = Catalog(pool, router)
+    auth = Authenticator(settings, store)
     routes: list[BaseRoute] = [
         *OllamaAPI(settings, gateway, catalog, Manager(pool)).routes(),
         *OpenAIAPI(settings, gateway, catalog).routes(),
-        *AdminAPI(settings, pool, store, records).routes(),
+        *AdminAPI(settings, pool, store, records, auth).routes(),
+        *MetricsAPI(settings, registry).routes(),
     ]
 
     @contextlib.asynccontextmanager
@@ -51,6 +63,12 @@ def create_app(settings: Settings) -> Starlette:
         if store.url.startswith("sqlite:///"):
             Path(store.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(store.migrate)
+        if not settings.auth.trusted_networks and not await asyncio.to_thread(store.active_keys):
+            log.warning(
+                "no API keys and no trusted networks yet: every request will get 401. "
+                "Create a key with `hearth keys create --tenant NAME` (it works at once), "
+                "or list your LAN under auth.trusted_networks."
+            )
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300))
         try:
             await pool.start(session)
@@ -63,7 +81,8 @@ def create_app(settings: Settings) -> Starlette:
             await records.stop()  # graceful shutdown: nothing recorded is lost
             store.close()
 
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(AuthMiddleware, auth)])
     app.state.pool = pool
     app.state.records = records
+    app.state.metrics = metrics
     return app

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
 
 from hearth import __version__
 from hearth.errors import ConfigError
+from hearth.gateway.auth import Authenticator
 from hearth.settings import EXAMPLE_CONFIG, Settings, load_settings
+from hearth.store.db import Store
 
 DEFAULT_CONFIG = Path("hearth.yaml")
 
@@ -94,15 +97,113 @@ def init(config_path: Path, force: bool) -> None:
 @config_option
 def migrate(config_path: Path | None) -> None:
     """Create or upgrade the database schema (serve also does this at start-up)."""
-    from hearth.store.db import Store
+    store = _store(_load(config_path))
+    store.close()
+    click.echo(f"database is up to date: {store.engine.url.render_as_string(hide_password=True)}")
 
-    settings = _load(config_path)
+
+def _store(settings: Settings) -> Store:
+    """The configured store, migrated: the CLI may run before the server ever has."""
     if settings.store.url is None:
         settings.data_path.mkdir(parents=True, exist_ok=True)
     store = Store(settings.store_url)
     store.migrate()
-    store.close()
-    click.echo(f"database is up to date: {store.engine.url.render_as_string(hide_password=True)}")
+    return store
+
+
+@main.group()
+def keys() -> None:
+    """Create, list and revoke API keys (they take effect on the running server at once)."""
+
+
+@keys.command("create")
+@config_option
+@click.option("--tenant", required=True, help="The tenant the key acts as; created if new.")
+@click.option("--label", help="A note to recognise the key by (e.g. the host using it).")
+def keys_create(config_path: Path | None, tenant: str, label: str | None) -> None:
+    """Create a key and print it once: it is stored only as a hash."""
+    settings = _load(config_path)
+    store = _store(settings)
+    try:
+        key_id, key = Authenticator(settings, store).create_key(tenant, label)
+    finally:
+        store.close()
+    click.echo(key)
+    click.echo(f"key id {key_id} for tenant {tenant}; this is the only time the key is shown", err=True)
+
+
+@keys.command("list")
+@config_option
+def keys_list(config_path: Path | None) -> None:
+    """Every key: id, tenant, label, created, revoked. Never the secret."""
+    store = _store(_load(config_path))
+    try:
+        rows = store.list_keys()
+    finally:
+        store.close()
+    click.echo(f"{'id':<10} {'tenant':<24} {'created (UTC)':<20} {'revoked (UTC)':<20} label")
+    for r in rows:
+        click.echo(
+            f"{r['id']:<10} {r['tenant']:<24} {_when(r['created_at']):<20} "
+            f"{_when(r['revoked_at']):<20} {r['label'] or ''}"
+        )
+
+
+@keys.command("revoke")
+@config_option
+@click.argument("key_id")
+def keys_revoke(config_path: Path | None, key_id: str) -> None:
+    """Revoke a key by id; the next request with it gets 401."""
+    store = _store(_load(config_path))
+    try:
+        done = store.revoke_key(key_id)
+    finally:
+        store.close()
+    if not done:
+        raise click.ClickException(f"no active key with id {key_id}")
+    click.echo(f"revoked {key_id}")
+
+
+@main.group()
+def tenants() -> None:
+    """List and create tenants (services or people)."""
+
+
+@tenants.command("list")
+@config_option
+def tenants_list(config_path: Path | None) -> None:
+    """Tenants from the config file and the store, with their policy."""
+    settings = _load(config_path)
+    store = _store(settings)
+    try:
+        names = sorted({t["name"] for t in store.list_tenants()} | set(settings.tenants))
+    finally:
+        store.close()
+    for name in names:
+        policy = settings.tenants.get(name)
+        if policy is None:
+            click.echo(f"{name}: defaults (not in the config file)")
+            continue
+        models = ", ".join(policy.models) if policy.models else "all models"
+        flags = [f for f, on in (("local-only", policy.local_only), ("admin", policy.admin)) if on]
+        click.echo(f"{name}: {models}{'; ' + ', '.join(flags) if flags else ''}")
+
+
+@tenants.command("create")
+@config_option
+@click.argument("name")
+def tenants_create(config_path: Path | None, name: str) -> None:
+    """Create a tenant with default limits (declare it in the config file to set its policy)."""
+    store = _store(_load(config_path))
+    try:
+        created = store.ensure_tenant(name)
+    finally:
+        store.close()
+    click.echo(f"{'created' if created else 'already exists'}: {name}")
+
+
+def _when(ts: float | None) -> str:
+    return "" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 @main.command()

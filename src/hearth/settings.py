@@ -11,6 +11,7 @@ variable is set, so one config file serves machines with and without cloud keys.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -35,6 +36,9 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_body_bytes: int = 32 * 1024 * 1024
     # Guards /admin/*. Without it, admin endpoints answer only to loopback clients.
     admin_key: str | None = None
+    # Guards GET /metrics (Authorization: Bearer KEY). Without it /metrics is open: it holds
+    # counts and timings, never prompts or keys, and Prometheus scrapers rarely carry a key.
+    metrics_key: str | None = None
     log_level: str = "info"
 
 
@@ -99,6 +103,27 @@ class StoreSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_pending: int = 100_000
 
 
+class TenantSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A service or person. Tenants created with ``hearth keys create`` get these defaults."""
+
+    # Models and aliases this tenant may see and use; empty means all.
+    models: list[str] = msgspec.field(default_factory=list)
+    # Never routed to a cloud backend, not even by fallback: health data stays in the house.
+    local_only: bool = False
+    # May manage models (pull, push, create, delete, copy) and call /admin/*.
+    admin: bool = False
+    # A header naming the person behind a shared service key (Open WebUI sends
+    # X-OpenWebUI-User-Email with ENABLE_FORWARD_USER_INFO_HEADERS): each becomes a sub-tenant
+    # "<tenant>/<value>" in the request log.
+    user_header: str | None = None
+
+
+class AuthSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    # Networks whose clients need no key, each mapped to the tenant they act as, for trusted
+    # LANs and clients that cannot send a key (the ollama CLI). Empty: every request needs a key.
+    trusted_networks: dict[str, str] = msgspec.field(default_factory=dict)
+
+
 class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
@@ -108,6 +133,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     backends: list[BackendSettings] = msgspec.field(default_factory=list)
     aliases: dict[str, AliasSettings] = msgspec.field(default_factory=dict)
     models: dict[str, ModelDefaults] = msgspec.field(default_factory=dict)
+    auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
+    tenants: dict[str, TenantSettings] = msgspec.field(default_factory=dict)
 
     @property
     def data_path(self) -> Path:
@@ -237,6 +264,13 @@ def _check(s: Settings) -> None:
         raise ConfigError("invalid config: server.port: expected 1-65535")
     if s.server.max_body_bytes <= 0:
         raise ConfigError("invalid config: server.max_body_bytes: expected a positive number")
+    for cidr, tenant in s.auth.trusted_networks.items():
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError as exc:
+            raise ConfigError(f"invalid config: auth.trusted_networks.{cidr}: not a network ({exc})") from exc
+        if not tenant:
+            raise ConfigError(f"invalid config: auth.trusted_networks.{cidr}: name a tenant")
     for name, alias in s.aliases.items():
         if alias.model == name:
             raise ConfigError(f"invalid config: aliases.{name}.model: an alias cannot point at itself")
@@ -253,6 +287,7 @@ server:
   data_dir: ~/.local/share/hearth   # the embedded SQLite store lives here
   max_body_bytes: 33554432 # larger bodies answer 413
   # admin_key: ${HEARTH_ADMIN_KEY}  # guards /admin/*; without it only loopback may call them
+  # metrics_key: ${HEARTH_METRICS_KEY}  # guards /metrics (Bearer); without it /metrics is open
 
 store:
   # url: postgresql+psycopg://hearth:${PGPASSWORD}@db/hearth   # default: <data_dir>/hearth.db
@@ -289,6 +324,22 @@ backends:
   #   api_key: ${OPENAI_API_KEY}
   #   cloud: true
   #   models: [gpt-4o-mini]  # serve only these (skip the huge discovered list)
+
+auth:
+  trusted_networks: {}     # no key needed from these networks; every other request needs one
+  # trusted_networks:      # example: the ollama CLI cannot send keys, so trust the LAN
+  #   127.0.0.1/32: me
+  #   192.168.1.0/24: family
+
+tenants: {}
+# tenants:                 # example: limits per service or person; keys: hearth keys create --tenant NAME
+#   healthrag:
+#     models: [healthrag]  # sees and uses only these (empty: all)
+#     local_only: true     # never a cloud backend, not even by fallback
+#   openwebui:
+#     user_header: X-OpenWebUI-User-Email   # one sub-tenant per person behind Open WebUI
+#   admin:
+#     admin: true          # may pull/delete models and call /admin
 
 aliases: {}
 # aliases:                 # example: service-facing names with enforced defaults

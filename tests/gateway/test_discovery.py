@@ -56,6 +56,9 @@ def test_a_backend_disabled_for_a_missing_key_is_reported(live: Any, tmp_path: A
         cfg.write_text(
             f"backends:\n  - {{name: o, kind: ollama, url: '{o.url}'}}\n"
             "  - {name: cloud, kind: openai, url: 'https://api.example/v1', api_key: '${NO_SUCH_KEY}'}\n"
+            f"server: {{data_dir: '{tmp_path}'}}\n"
+            "auth: {trusted_networks: {127.0.0.1/32: ops}}\n"
+            "tenants: {ops: {admin: true}}\n"
         )
         hearth = live(load_settings(cfg, env={}))
         data = httpx.get(hearth.url + "/admin/backends").json()
@@ -68,7 +71,11 @@ def test_a_backend_disabled_for_a_missing_key_is_reported(live: Any, tmp_path: A
 def test_admin_needs_the_admin_key_when_one_is_set(live: Any) -> None:
     with FakeOllama(models=["m:1b"]) as o:
         hearth = live(
-            make_settings([{"name": "o", "kind": "ollama", "url": o.url}], server={"admin_key": "adm-1"})
+            make_settings(
+                [{"name": "o", "kind": "ollama", "url": o.url}],
+                server={"admin_key": "adm-1"},
+                auth={"trusted_networks": {}},
+            )
         )
         assert httpx.get(hearth.url + "/admin/backends").status_code == 401
         bad = httpx.get(hearth.url + "/admin/backends", headers={"Authorization": "Bearer adm-2"})

@@ -161,7 +161,7 @@ def test_client_credentials_never_reach_the_backend(
     http: httpx.Client, env: tuple[LiveHearth, FakeOllama, FakeOpenAI]
 ) -> None:
     _, o, c = env
-    secret = "hth_client_secret_key"
+    secret = "sk-some-other-service-key"
     http.post(
         "/api/chat",
         json={"model": MODEL, "messages": MSG, "stream": False},

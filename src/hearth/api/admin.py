@@ -1,33 +1,30 @@
-"""The admin JSON API: what Hearth knows about its backends. Guarded by ``server.admin_key``
-(a Bearer token); with no key configured only loopback clients may call it."""
+"""The admin JSON API: backends, recent requests, tenants and keys. Guarded by
+``server.admin_key`` (a Bearer token) or the key of a tenant marked ``admin``."""
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import ipaddress
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from hearth.api.common import error_response, json_response
+from hearth.api.auth import require_admin
+from hearth.api.common import error_response, json_body, json_response
 from hearth.backends.pool import Pool
-from hearth.errors import BadRequest, Forbidden, HearthError, Unauthorized
+from hearth.errors import BadRequest, HearthError
+from hearth.gateway.auth import Authenticator
 from hearth.gateway.records import RequestLog
 from hearth.settings import Settings
 from hearth.store.db import Store
 
 
-def _is_loopback(host: str | None) -> bool:
-    try:
-        return host is not None and ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class AdminAPI:
-    def __init__(self, settings: Settings, pool: Pool, store: Store, records: RequestLog) -> None:
+    def __init__(
+        self, settings: Settings, pool: Pool, store: Store, records: RequestLog, auth: Authenticator
+    ) -> None:
+        self.settings = settings
+        self.auth = auth
         self.key = settings.server.admin_key or None
         self.pool = pool
         self.store = store
@@ -37,23 +34,67 @@ class AdminAPI:
         return [
             Route("/admin/backends", self.backends, methods=["GET"]),
             Route("/admin/requests", self.requests, methods=["GET"]),
+            Route("/admin/tenants", self.tenants, methods=["GET"]),
+            Route("/admin/keys", self.keys, methods=["GET", "POST"]),
+            Route("/admin/keys/{key_id}", self.revoke, methods=["DELETE"]),
             Route("/healthz", self.healthz, methods=["GET"]),
         ]
 
     def _authorize(self, request: Request) -> None:
-        if self.key is None:
-            if not _is_loopback(request.client.host if request.client else None):
-                raise Forbidden("admin endpoints answer only to loopback unless server.admin_key is set")
-            return
-        auth = request.headers.get("authorization", "")
-        token = auth[7:] if auth[:7].lower() == "bearer " else ""
-        if not hmac.compare_digest(token.encode(), self.key.encode()):
-            raise Unauthorized("invalid or missing admin key")
+        require_admin(request, self.key)
+
+    async def tenants(self, request: Request) -> Response:
+        """Tenants from the config file and the store, with their policies."""
+        try:
+            self._authorize(request)
+        except HearthError as exc:
+            return error_response(exc, "openai")
+        stored = {t["name"] for t in await asyncio.to_thread(self.store.list_tenants)}
+        names = sorted(stored | set(self.settings.tenants))
+        out = []
+        for name in names:
+            policy = self.settings.tenants.get(name)
+            out.append(
+                {
+                    "name": name,
+                    "in_config": policy is not None,
+                    "models": policy.models if policy else [],
+                    "local_only": bool(policy and policy.local_only),
+                    "admin": bool(policy and policy.admin),
+                }
+            )
+        return json_response({"tenants": out})
+
+    async def keys(self, request: Request) -> Response:
+        """GET: every key, never the secret. POST {"tenant", "label"?}: a new key, shown once."""
+        try:
+            self._authorize(request)
+            if request.method == "GET":
+                return json_response({"keys": await asyncio.to_thread(self.store.list_keys)})
+            _, body = await json_body(request, 64 * 1024)
+            tenant, label = body.get("tenant"), body.get("label")
+            if not isinstance(tenant, str) or not tenant.strip() or len(tenant) > 128:
+                raise BadRequest("'tenant' must be a non-empty string of at most 128 characters")
+            if label is not None and not isinstance(label, str):
+                raise BadRequest("'label' must be a string")
+            key_id, key = await asyncio.to_thread(self.auth.create_key, tenant.strip(), label)
+        except HearthError as exc:
+            return error_response(exc, "openai")
+        return json_response({"id": key_id, "tenant": tenant.strip(), "key": key}, 201)
+
+    async def revoke(self, request: Request) -> Response:
+        try:
+            self._authorize(request)
+        except HearthError as exc:
+            return error_response(exc, "openai")
+        if not await asyncio.to_thread(self.store.revoke_key, request.path_params["key_id"]):
+            return json_response({"error": {"message": "no such active key", "type": "not_found_error"}}, 404)
+        return Response(status_code=204)
 
     async def backends(self, request: Request) -> Response:
         try:
             self._authorize(request)
-        except (Unauthorized, Forbidden) as exc:
+        except HearthError as exc:
             return error_response(exc, "openai")
         return json_response(
             {

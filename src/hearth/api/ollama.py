@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from hearth.api.auth import principal_of
 from hearth.api.common import (
     NDJSON_TYPE,
     cancel_on_disconnect,
@@ -21,7 +22,7 @@ from hearth.api.common import (
     read_body,
     stream_error,
 )
-from hearth.errors import BadRequest, HearthError, ModelNotFound
+from hearth.errors import BadRequest, Forbidden, HearthError, ModelNotFound
 from hearth.gateway.catalog import Catalog
 from hearth.gateway.dispatch import Call, ChunkStream, Embedding, Gateway, Passthrough
 from hearth.gateway.manage import Manager, last_status
@@ -86,10 +87,10 @@ class OllamaAPI:
         return json_response({"version": self.catalog.version()})
 
     async def tags(self, request: Request) -> Response:
-        return json_response(self.catalog.tags())
+        return json_response(self.catalog.tags(principal_of(request)))
 
     async def ps(self, request: Request) -> Response:
-        return json_response(await self.catalog.ps())
+        return json_response(await self.catalog.ps(principal_of(request)))
 
     # -- model calls -----------------------------------------------------------------------
 
@@ -109,9 +110,12 @@ class OllamaAPI:
         self, request: Request, endpoint: Endpoint, decode: Callable[[Any], Any]
     ) -> Response:
         try:
+            who = principal_of(request)
             raw, body = await json_body(request, self.limit)
             req = decode(body)
-            call = Call("ollama", endpoint, request.url.path, body, raw, req)
+            if not who.may_use(req.model):
+                raise ModelNotFound(req.model)  # absent, as far as this tenant can tell
+            call = Call("ollama", endpoint, request.url.path, body, raw, req, who)
             stream = getattr(req, "stream", False)
             if stream:
                 out = await cancel_on_disconnect(request, self.gateway.dispatch(call))
@@ -148,6 +152,8 @@ class OllamaAPI:
             model = body.get("model") or body.get("name")
             if not isinstance(model, str) or not model:
                 raise BadRequest("missing field 'model'")
+            if not principal_of(request).may_use(model):
+                raise ModelNotFound(model)
             for target in self.gateway.router.targets(model):
                 for state in self.gateway.pool.candidates(target.model):
                     if state.backend.kind != "ollama":
@@ -162,11 +168,16 @@ class OllamaAPI:
 
     # -- model management -------------------------------------------------------------------
 
+    def _admin(self, request: Request) -> None:
+        if not principal_of(request).is_admin:
+            raise Forbidden("model management needs an admin tenant")
+
     def _backend_choice(self, request: Request) -> str | None:
         return request.headers.get("x-hearth-backend") or request.query_params.get("backend")
 
     async def _progress(self, request: Request, path: str, *, fan_out: bool, having: bool) -> Response:
         try:
+            self._admin(request)
             _, body = await json_body(request, self.limit)
             model = body.get("model") or body.get("name")
             if not isinstance(model, str) or not model:
@@ -192,6 +203,7 @@ class OllamaAPI:
 
     async def delete(self, request: Request) -> Response:
         try:
+            self._admin(request)
             _, body = await json_body(request, self.limit)
             model = body.get("model") or body.get("name")
             if not isinstance(model, str) or not model:
@@ -204,6 +216,7 @@ class OllamaAPI:
 
     async def copy(self, request: Request) -> Response:
         try:
+            self._admin(request)
             _, body = await json_body(request, self.limit)
             source = body.get("source")
             if not isinstance(source, str) or not source or not isinstance(body.get("destination"), str):
@@ -217,6 +230,7 @@ class OllamaAPI:
     async def blob(self, request: Request) -> Response:
         """Blobs can be gigabytes: streamed through, not held, and not bound by max_body_bytes."""
         try:
+            self._admin(request)
             digest = request.path_params["digest"]
             state = self.manager.select(self._backend_choice(request), fan_out=False)[0]
             path = f"/api/blobs/{digest}"

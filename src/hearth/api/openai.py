@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from hearth.api.auth import principal_of
 from hearth.api.common import (
     SSE_TYPE,
     cancel_on_disconnect,
@@ -67,11 +68,11 @@ class OpenAIAPI:
         ]
 
     async def models(self, request: Request) -> Response:
-        return json_response(self.catalog.openai_models())
+        return json_response(self.catalog.openai_models(principal_of(request)))
 
     async def model(self, request: Request) -> Response:
         name = request.path_params["model"]
-        for entry in self.catalog.openai_models()["data"]:
+        for entry in self.catalog.openai_models(principal_of(request))["data"]:
             if entry["id"] == name:
                 return json_response(entry)
         return error_response(ModelNotFound(name), "openai")
@@ -89,9 +90,12 @@ class OpenAIAPI:
         self, request: Request, endpoint: Endpoint, decode: Callable[[Any], Any]
     ) -> Response:
         try:
+            who = principal_of(request)
             raw, body = await json_body(request, self.limit)
             req = decode(body)
-            call = Call("openai", endpoint, request.url.path, body, raw, req)
+            if not who.may_use(req.model):
+                raise ModelNotFound(req.model)  # absent, as far as this tenant can tell
+            call = Call("openai", endpoint, request.url.path, body, raw, req, who)
             if getattr(req, "stream", False):
                 out = await cancel_on_disconnect(request, self.gateway.dispatch(call))
                 return self._stream(out, call)

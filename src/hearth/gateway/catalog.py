@@ -15,6 +15,7 @@ from hearth.backends.base import LoadedModel, ModelInfo
 from hearth.backends.ollama import OllamaBackend
 from hearth.backends.pool import BackendState, Pool, canonical_name
 from hearth.errors import HearthError
+from hearth.gateway.auth import Principal
 from hearth.gateway.router import Router
 
 # Reported by /api/version when no Ollama backend told us its own. Clients parse it as X.Y.Z.
@@ -46,10 +47,10 @@ class Catalog:
         versions = [s.version for s in self.pool.ollama_states() if s.up and s.version]
         return min(versions, key=_version_key) if versions else COMPAT_VERSION
 
-    def _served(self) -> dict[str, tuple[ModelInfo, BackendState]]:
+    def _served(self, who: Principal) -> dict[str, tuple[ModelInfo, BackendState]]:
         out: dict[str, tuple[ModelInfo, BackendState]] = {}
         for s in self.pool.states:
-            if not s.up:
+            if not s.up or (who.policy.local_only and s.backend.cfg.cloud):
                 continue
             for name, info in s.models.items():
                 out.setdefault(name, (info, s))
@@ -67,14 +68,14 @@ class Catalog:
                     break
         return out
 
-    def tags(self) -> dict[str, Any]:
-        served = self._served()
+    def tags(self, who: Principal) -> dict[str, Any]:
+        served = self._served(who)
         entries = {name: info for name, (info, _) in served.items()}
         entries.update(self._alias_entries(served))
-        return {"models": [_tag(name, info) for name, info in entries.items()]}
+        return {"models": [_tag(name, info) for name, info in entries.items() if who.may_use(name)]}
 
-    def openai_models(self) -> dict[str, Any]:
-        served = self._served()
+    def openai_models(self, who: Principal) -> dict[str, Any]:
+        served = self._served(who)
         now = int(time.time())
         data = [
             {"id": name, "object": "model", "created": now, "owned_by": state.name}
@@ -84,16 +85,20 @@ class Catalog:
             {"id": name, "object": "model", "created": now, "owned_by": "hearth"}
             for name in self._alias_entries(served)
         ]
-        return {"object": "list", "data": data}
+        return {"object": "list", "data": [d for d in data if who.may_use(str(d["id"]))]}
 
-    async def ps(self) -> dict[str, Any]:
+    async def ps(self, who: Principal) -> dict[str, Any]:
         states = [s for s in self.pool.ollama_states() if s.up]
         results = await asyncio.gather(*(self._ps_one(s) for s in states))
         seen: dict[str, dict[str, Any]] = {}
         for loaded in results:
             for m in loaded:
                 seen.setdefault(m.name, m.raw or {"name": m.name, "model": m.name})
-        models = sorted(seen.values(), key=lambda m: str(m.get("expires_at", "")), reverse=True)
+        models = sorted(
+            (m for name, m in seen.items() if who.may_use(name)),
+            key=lambda m: str(m.get("expires_at", "")),
+            reverse=True,
+        )
         return {"models": models}
 
     async def _ps_one(self, state: BackendState) -> list[LoadedModel]:

@@ -24,6 +24,7 @@ import msgspec
 from hearth.backends.base import RawResponse
 from hearth.backends.pool import BackendState, Pool
 from hearth.errors import BackendUnavailable, HearthError, ModelNotFound, NoBackend, UpstreamError
+from hearth.gateway.auth import Principal
 from hearth.gateway.records import RequestLog, Trace, peek_usage
 from hearth.gateway.router import Router, Target
 from hearth.protocol.canonical import (
@@ -62,6 +63,7 @@ class Call:
     body: dict[str, Any]
     raw: bytes
     request: CanonicalRequest
+    principal: Principal
 
 
 class _Lease:
@@ -209,7 +211,10 @@ class Gateway:
 
     async def dispatch(self, call: Call) -> Outcome:
         stream = bool(getattr(call.request, "stream", False))
-        trace = self.records.trace(call.dialect, call.endpoint.value, call.request.model, stream)
+        who = call.principal
+        trace = self.records.trace(
+            call.dialect, call.endpoint.value, call.request.model, stream, who.name, who.key_id
+        )
         try:
             return await self._dispatch(call, trace)
         except HearthError as exc:
@@ -221,14 +226,15 @@ class Gateway:
 
     async def _dispatch(self, call: Call, trace: Trace) -> Outcome:
         targets = self.router.targets(call.request.model)
-        plan = [(t, s) for t in targets for s in self.pool.candidates(t.model)]
+        local_only = call.principal.policy.local_only
+        plan = self._plan(targets, local_only)
         if not plan:
-            if not any(self.pool.knows(t.model) for t in targets):
+            if not self._known(targets, local_only):
                 # Discovery may be stale (a model pulled on the backend directly): look once more.
                 await self.pool.refresh()
-                plan = [(t, s) for t in targets for s in self.pool.candidates(t.model)]
+                plan = self._plan(targets, local_only)
             if not plan:
-                if any(self.pool.knows(t.model) for t in targets):
+                if self._known(targets, local_only):
                     raise NoBackend(f"no backend is available for model '{call.request.model}'")
                 raise ModelNotFound(call.request.model)
         last: HearthError | None = None
@@ -251,6 +257,21 @@ class Gateway:
         if isinstance(last, UpstreamError) and last.status == 404:
             raise ModelNotFound(call.request.model) from last
         raise last
+
+    def _known(self, targets: list[Target], local_only: bool) -> bool:
+        """Whether any backend this caller may use lists one of the targets, up or not."""
+        return any(
+            s.serves(t.model) and not (local_only and s.backend.cfg.cloud)
+            for t in targets
+            for s in self.pool.states
+        )
+
+    def _plan(self, targets: list[Target], local_only: bool) -> list[tuple[Target, BackendState]]:
+        plan = [(t, s) for t in targets for s in self.pool.candidates(t.model)]
+        if local_only:
+            # Health data stays in the house: no cloud backend, not even as a fallback.
+            plan = [(t, s) for t, s in plan if not s.backend.cfg.cloud]
+        return plan
 
     async def _try(self, call: Call, target: Target, state: BackendState, trace: Trace) -> Outcome:
         backend = state.backend

@@ -19,13 +19,16 @@ import contextlib
 import logging
 import sqlite3
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import sqlalchemy.exc
 
 from hearth.protocol.canonical import Usage
 from hearth.store.db import Store
+
+if TYPE_CHECKING:
+    from hearth.observability.metrics import Metrics
 
 log = logging.getLogger("hearth.records")
 
@@ -82,13 +85,26 @@ class Trace:
         "dialect",
         "done",
         "endpoint",
+        "key_id",
         "model",
         "served_model",
         "stream",
+        "tenant",
     )
 
-    def __init__(self, log: RequestLog, dialect: str, endpoint: str, model: str, stream: bool) -> None:
+    def __init__(
+        self,
+        log: RequestLog,
+        dialect: str,
+        endpoint: str,
+        model: str,
+        stream: bool,
+        tenant: str = "anonymous",
+        key_id: str | None = None,
+    ) -> None:
         self._log = log
+        self.tenant = tenant
+        self.key_id = key_id
         self._t0 = time.perf_counter()
         self._ts = time.time()
         self._ttft: float | None = None
@@ -100,6 +116,10 @@ class Trace:
         self.backend: str | None = None
         self.served_model: str | None = None
         self.done = False
+
+    @property
+    def ttft_ms(self) -> float | None:
+        return self._ttft
 
     def first_byte(self) -> None:
         if self._ttft is None:
@@ -114,6 +134,10 @@ class Trace:
         if self.done:
             return
         self.done = True
+        duration = time.perf_counter() - self._t0
+        metrics = self._log.metrics
+        if metrics is not None:
+            metrics.observe(self, status, error, tokens, duration)
         # In REQUEST_COLUMNS order (store/schema.py).
         self._log.add(
             (
@@ -126,11 +150,13 @@ class Trace:
                 status,
                 self.stream,
                 self.attempts,
-                (time.perf_counter() - self._t0) * 1000,
+                duration * 1000,
                 self._ttft,
                 tokens[0],
                 tokens[1],
                 error,
+                self.tenant,
+                self.key_id,
             )
         )
 
@@ -143,8 +169,16 @@ class RequestLog:
     # Fold the SQLite WAL back into the database after this many rows.
     CHECKPOINT_ROWS = 20_000
 
-    def __init__(self, store: Store | None, flush_interval: float, max_pending: int) -> None:
+    def __init__(
+        self,
+        store: Store | None,
+        flush_interval: float,
+        max_pending: int,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.store = store
+        # Prometheus counters: every call is counted there, whether or not rows are stored.
+        self.metrics = metrics
         self.flush_interval = flush_interval
         self.max_pending = max_pending
         self.pending: list[tuple[Any, ...]] = []
@@ -153,8 +187,16 @@ class RequestLog:
         self.written = 0
         self._task: asyncio.Task[None] | None = None
 
-    def trace(self, dialect: str, endpoint: str, model: str, stream: bool) -> Trace:
-        return Trace(self, dialect, endpoint, model, stream)
+    def trace(
+        self,
+        dialect: str,
+        endpoint: str,
+        model: str,
+        stream: bool,
+        tenant: str = "anonymous",
+        key_id: str | None = None,
+    ) -> Trace:
+        return Trace(self, dialect, endpoint, model, stream, tenant, key_id)
 
     def add(self, row: tuple[Any, ...]) -> None:
         if self.store is None:

@@ -13,6 +13,7 @@ Migrations (Alembic) run only when asked: ``hearth migrate`` and ``hearth serve`
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
-from hearth.store.schema import REQUEST_COLUMNS, requests
+from hearth.store.schema import REQUEST_COLUMNS, api_keys, requests, tenants
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -55,6 +56,7 @@ class Store:
         else:
             self.engine = sa.create_engine(url, pool_pre_ping=True)
         self._writer: Any = None  # the raw DBAPI connection of the SQLite request-log writer
+        self._watch: Any = None  # the connection that asks SQLite's data_version
 
     def migrate(self) -> None:
         cfg = Config()
@@ -99,7 +101,73 @@ class Store:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
+    # -- tenants and keys --------------------------------------------------------------------
+
+    def ensure_tenant(self, name: str) -> bool:
+        """Create the tenant if it does not exist; True if it was created."""
+        with self.engine.begin() as conn:
+            found = conn.execute(sa.select(tenants.c.name).where(tenants.c.name == name)).first()
+            if found is not None:
+                return False
+            conn.execute(tenants.insert().values(name=name, created_at=time.time()))
+            return True
+
+    def list_tenants(self) -> list[dict[str, Any]]:
+        query = sa.select(tenants).order_by(tenants.c.name)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def insert_key(self, key_id: str, tenant: str, key_hash: str, label: str | None) -> None:
+        self.ensure_tenant(tenant)
+        with self.engine.begin() as conn:
+            conn.execute(
+                api_keys.insert().values(
+                    id=key_id, tenant=tenant, key_hash=key_hash, label=label, created_at=time.time()
+                )
+            )
+
+    def list_keys(self) -> list[dict[str, Any]]:
+        """Every key without its hash, newest first."""
+        cols = [c for c in api_keys.columns if c.name != "key_hash"]
+        query = sa.select(*cols).order_by(api_keys.c.created_at.desc())
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def revoke_key(self, key_id: str) -> bool:
+        query = (
+            api_keys.update()
+            .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+            .values(revoked_at=time.time())
+        )
+        with self.engine.begin() as conn:
+            return conn.execute(query).rowcount == 1
+
+    def active_keys(self) -> list[tuple[str, str, str]]:
+        """(id, tenant, key_hash) of every key not revoked."""
+        query = sa.select(api_keys.c.id, api_keys.c.tenant, api_keys.c.key_hash).where(
+            api_keys.c.revoked_at.is_(None)
+        )
+        with self.engine.connect() as conn:
+            return [(r.id, r.tenant, r.key_hash) for r in conn.execute(query)]
+
+    def data_version(self) -> int | None:
+        """Changes whenever another connection (another process too) commits to the database:
+        a cheap way to notice keys created or revoked by the CLI. None if unsupported."""
+        if not self.is_sqlite:
+            return None
+        if self._watch is None:
+            self._watch = self.engine.raw_connection()
+        cur = self._watch.cursor()
+        try:
+            cur.execute("PRAGMA data_version")
+            return int(cur.fetchone()[0])
+        finally:
+            cur.close()
+
     def close(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
         if self._writer is not None:
             self._writer.close()
             self._writer = None

@@ -28,6 +28,28 @@ requests = sa.Table(
     sa.Column("prompt_tokens", sa.Integer),
     sa.Column("completion_tokens", sa.Integer),
     sa.Column("error", sa.Text),
+    sa.Column("tenant", sa.String(128)),  # "<tenant>/<person>" for sub-tenants
+    sa.Column("key_id", sa.String(16)),  # None for trusted networks
+)
+
+tenants = sa.Table(
+    "tenants",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+# The secret itself is never stored: only its SHA-256 (keys are 190 random bits, so a fast
+# hash is enough; a slow KDF would only cost latency on every request).
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(16), primary_key=True),  # the visible part: hth_<id>_...
+    sa.Column("tenant", sa.String(128), sa.ForeignKey("tenants.name"), nullable=False),
+    sa.Column("key_hash", sa.String(64), nullable=False),
+    sa.Column("label", sa.String(255)),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("revoked_at", sa.Float),
 )
 
 # Column order of the tuples the request log hands to Store.insert_requests.

@@ -1,0 +1,1 @@
+"""What Hearth tells about itself: Prometheus metrics."""
