@@ -23,6 +23,7 @@ from hearth.backends.pool import Pool
 from hearth.gateway.auth import Authenticator
 from hearth.gateway.catalog import Catalog
 from hearth.gateway.dispatch import Gateway
+from hearth.gateway.limits import Limits
 from hearth.gateway.manage import Manager
 from hearth.gateway.records import RequestLog
 from hearth.gateway.router import Router
@@ -46,7 +47,8 @@ def create_app(settings: Settings) -> Starlette:
         metrics=metrics,
     )
     metrics.watch(records)
-    gateway = Gateway(pool, router, settings.routing.max_attempts, records)
+    limits = Limits(settings.limits, store)
+    gateway = Gateway(pool, router, settings.routing.max_attempts, records, limits)
     catalog = Catalog(pool, router)
     auth = Authenticator(settings, store)
     routes: list[BaseRoute] = [
@@ -63,6 +65,7 @@ def create_app(settings: Settings) -> Starlette:
         if store.url.startswith("sqlite:///"):
             Path(store.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(store.migrate)
+        await asyncio.to_thread(limits.load)
         if not settings.auth.trusted_networks and not await asyncio.to_thread(store.active_keys):
             log.warning(
                 "no API keys and no trusted networks yet: every request will get 401. "

@@ -116,6 +116,22 @@ class TenantSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # X-OpenWebUI-User-Email with ENABLE_FORWARD_USER_INFO_HEADERS): each becomes a sub-tenant
     # "<tenant>/<value>" in the request log.
     user_header: str | None = None
+    # Limits; None means unlimited. Tokens count prompt + completion as the backend reports them.
+    rpm: int | None = None  # requests per minute (moving window)
+    tpm: int | None = None  # tokens per minute (moving window)
+    tokens_per_day: int | None = None  # calendar day, UTC
+    tokens_per_month: int | None = None  # calendar month, UTC
+    max_concurrent: int | None = None  # requests in flight at once
+    # interactive before batch in the scheduler's queues (issue 4); recorded now, used there.
+    priority: Literal["interactive", "batch"] = "interactive"
+
+
+class LimitSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    # A request's token estimate, reserved against token limits until the backend's real count
+    # settles it: prompt bytes / bytes_per_token, plus its max tokens (num_predict / max_tokens)
+    # or this default when the client sets none.
+    bytes_per_token: float = 4.0
+    default_completion_tokens: int = 512
 
 
 class AuthSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -135,6 +151,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     models: dict[str, ModelDefaults] = msgspec.field(default_factory=dict)
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
     tenants: dict[str, TenantSettings] = msgspec.field(default_factory=dict)
+    # The policy of tenants not in `tenants:` (created by `hearth keys create --tenant NEW`).
+    tenant_defaults: TenantSettings = msgspec.field(default_factory=TenantSettings)
+    limits: LimitSettings = msgspec.field(default_factory=LimitSettings)
 
     @property
     def data_path(self) -> Path:
@@ -340,6 +359,14 @@ tenants: {}
 #     user_header: X-OpenWebUI-User-Email   # one sub-tenant per person behind Open WebUI
 #   admin:
 #     admin: true          # may pull/delete models and call /admin
+#   github-agent:
+#     rpm: 30              # requests per minute
+#     tpm: 50000           # tokens per minute (prompt + completion)
+#     tokens_per_day: 2000000
+#     tokens_per_month: 20000000
+#     max_concurrent: 2
+#     priority: batch      # interactive work goes first (scheduler)
+# tenant_defaults: {rpm: 60}   # for tenants not listed here (created by `hearth keys create`)
 
 aliases: {}
 # aliases:                 # example: service-facing names with enforced defaults

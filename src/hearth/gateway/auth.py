@@ -30,7 +30,6 @@ from hearth.settings import Settings, TenantSettings
 from hearth.store.db import Store
 
 KEY_PREFIX = "hth_"
-DEFAULT_POLICY = TenantSettings()
 
 
 def hash_key(key: str) -> str:
@@ -107,7 +106,7 @@ class Authenticator:
             tenant = trusted
         else:
             raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-        policy = self.settings.tenants.get(tenant, DEFAULT_POLICY)
+        policy = self.settings.tenants.get(tenant, self.settings.tenant_defaults)
         name = tenant
         if policy.user_header:
             person = headers.get(policy.user_header.lower())

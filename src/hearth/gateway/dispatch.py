@@ -25,6 +25,7 @@ from hearth.backends.base import RawResponse
 from hearth.backends.pool import BackendState, Pool
 from hearth.errors import BackendUnavailable, HearthError, ModelNotFound, NoBackend, UpstreamError
 from hearth.gateway.auth import Principal
+from hearth.gateway.limits import Limits
 from hearth.gateway.records import RequestLog, Trace, peek_usage
 from hearth.gateway.router import Router, Target
 from hearth.protocol.canonical import (
@@ -203,11 +204,14 @@ Outcome = Passthrough | ChunkStream | Embedding
 
 
 class Gateway:
-    def __init__(self, pool: Pool, router: Router, max_attempts: int, records: RequestLog) -> None:
+    def __init__(
+        self, pool: Pool, router: Router, max_attempts: int, records: RequestLog, limits: Limits
+    ) -> None:
         self.pool = pool
         self.router = router
         self.max_attempts = max_attempts
         self.records = records
+        self.limits = limits
 
     async def dispatch(self, call: Call) -> Outcome:
         stream = bool(getattr(call.request, "stream", False))
@@ -216,6 +220,11 @@ class Gateway:
             call.dialect, call.endpoint.value, call.request.model, stream, who.name, who.key_id
         )
         try:
+            max_tokens = call.request.options.get("num_predict")
+            estimate = self.limits.estimate(
+                len(call.raw), max_tokens if isinstance(max_tokens, int) else None
+            )
+            trace.reservation = self.limits.admit(who, estimate)
             return await self._dispatch(call, trace)
         except HearthError as exc:
             trace.finish(exc.status, exc.message)

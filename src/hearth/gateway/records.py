@@ -28,6 +28,7 @@ from hearth.protocol.canonical import Usage
 from hearth.store.db import Store
 
 if TYPE_CHECKING:
+    from hearth.gateway.limits import Reservation
     from hearth.observability.metrics import Metrics
 
 log = logging.getLogger("hearth.records")
@@ -87,6 +88,7 @@ class Trace:
         "endpoint",
         "key_id",
         "model",
+        "reservation",
         "served_model",
         "stream",
         "tenant",
@@ -116,6 +118,7 @@ class Trace:
         self.backend: str | None = None
         self.served_model: str | None = None
         self.done = False
+        self.reservation: Reservation | None = None  # released with the backend's count at the end
 
     @property
     def ttft_ms(self) -> float | None:
@@ -134,6 +137,12 @@ class Trace:
         if self.done:
             return
         self.done = True
+        if self.reservation is not None:
+            if tokens == (None, None):
+                # No count from the backend: charge the estimate if it ran, nothing if it never did.
+                self.reservation.settle(None if status in (200, 499) else 0)
+            else:
+                self.reservation.settle((tokens[0] or 0) + (tokens[1] or 0))
         duration = time.perf_counter() - self._t0
         metrics = self._log.metrics
         if metrics is not None:

@@ -101,6 +101,22 @@ class Store:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
+    def token_totals_since(self, since: float) -> list[tuple[str, float, int]]:
+        """(tenant, UTC day start, tokens) per tenant and day since ``since``, from the log."""
+        # SQLite may lack floor(); its CAST truncates, which is floor for these positive values.
+        days = requests.c.ts / 86400
+        day = (sa.cast(days, sa.Integer) if self.is_sqlite else sa.func.floor(days)) * 86400
+        tokens = sa.func.sum(
+            sa.func.coalesce(requests.c.prompt_tokens, 0) + sa.func.coalesce(requests.c.completion_tokens, 0)
+        )
+        query = (
+            sa.select(requests.c.tenant, day.label("day"), tokens.label("tokens"))
+            .where(requests.c.ts >= since, requests.c.tenant.is_not(None))
+            .group_by(requests.c.tenant, day)
+        )
+        with self.engine.connect() as conn:
+            return [(r.tenant, float(r.day), int(r.tokens or 0)) for r in conn.execute(query)]
+
     # -- tenants and keys --------------------------------------------------------------------
 
     def ensure_tenant(self, name: str) -> bool:

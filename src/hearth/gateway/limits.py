@@ -1,0 +1,165 @@
+"""Per-tenant limits, checked before a request is routed; a refusal is a 429 with Retry-After.
+
+Limits apply to each principal (a tenant, or a person behind a shared key, see auth.py) with
+its tenant's policy: requests in flight, requests per minute, tokens per minute, tokens per UTC
+day and per UTC month.
+
+Token limits are exact under concurrency by reservation. Admission reserves the request's
+estimate (prompt bytes / ``limits.bytes_per_token`` plus its max tokens, or
+``limits.default_completion_tokens``) and admits only if used + reserved + estimate fits; the
+end of the request releases the reservation and charges the backend's real count. So however
+many requests race, every admitted one fitted when it was admitted, and the total can exceed a
+limit only by how much admitted requests outran their own estimates.
+
+Request and token rates use the ``limits`` library's moving windows. A per-minute token window
+cannot hand tokens back, so it is charged the estimate at admission and only the excess at the
+end. Day and month totals are plain counters, seeded at start-up from the request log so a
+restart forgets nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from limits import RateLimitItem, RateLimitItemPerMinute
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
+
+from hearth.errors import RateLimited
+from hearth.gateway.auth import Principal
+from hearth.settings import LimitSettings
+from hearth.store.db import Store
+
+
+def _periods(now: float) -> tuple[str, str, float, float]:
+    """Keys of the current UTC day and month, and seconds until each ends."""
+    t = datetime.fromtimestamp(now, UTC)
+    day_end = datetime(t.year, t.month, t.day, tzinfo=UTC) + timedelta(days=1)
+    month_end = datetime(t.year + t.month // 12, t.month % 12 + 1, 1, tzinfo=UTC)
+    return t.strftime("%Y-%m-%d"), t.strftime("%Y-%m"), day_end.timestamp() - now, month_end.timestamp() - now
+
+
+def month_start(now: float) -> float:
+    t = datetime.fromtimestamp(now, UTC)
+    return datetime(t.year, t.month, 1, tzinfo=UTC).timestamp()
+
+
+class Reservation:
+    """One admitted request's hold on its limits; released exactly once."""
+
+    __slots__ = ("_done", "_limits", "estimate", "name", "policy_tpm")
+
+    def __init__(self, limits: Limits, name: str, estimate: int, policy_tpm: int | None) -> None:
+        self._limits = limits
+        self.name = name
+        self.estimate = estimate
+        self.policy_tpm = policy_tpm
+        self._done = False
+
+    def settle(self, tokens: int | None) -> None:
+        """Release the hold and charge ``tokens`` (None: the backend reported none, charge the
+        estimate, which errs on the side of the limit)."""
+        if self._done:
+            return
+        self._done = True
+        self._limits._settle(self, self.estimate if tokens is None else tokens)
+
+
+@dataclass(slots=True)
+class _Usage:
+    reserved: int = 0
+    in_flight: int = 0
+
+
+class Limits:
+    def __init__(self, settings: LimitSettings, store: Store | None) -> None:
+        self.settings = settings
+        self.store = store
+        self._window = MovingWindowRateLimiter(MemoryStorage())
+        self._items: dict[tuple[str, int], RateLimitItem] = {}
+        self._live: defaultdict[str, _Usage] = defaultdict(_Usage)
+        self._used: defaultdict[tuple[str, str], int] = defaultdict(int)  # (name, day|month) -> tokens
+
+    def load(self) -> None:
+        """Seed this month's and today's totals from the request log (after a restart)."""
+        if self.store is None:
+            return
+        now = time.time()
+        day, month, _, _ = _periods(now)
+        for name, ts, tokens in self.store.token_totals_since(month_start(now)):
+            self._used[(name, month)] += tokens
+            if _periods(ts)[0] == day:
+                self._used[(name, day)] += tokens
+
+    def _item(self, kind: str, amount: int) -> RateLimitItem:
+        item = self._items.get((kind, amount))
+        if item is None:
+            item = self._items[(kind, amount)] = RateLimitItemPerMinute(amount, namespace=kind)
+        return item
+
+    def estimate(self, body_bytes: int, max_tokens: int | None) -> int:
+        prompt = int(body_bytes / self.settings.bytes_per_token) + 1
+        completion = max_tokens if max_tokens and max_tokens > 0 else self.settings.default_completion_tokens
+        return prompt + completion
+
+    def admit(self, who: Principal, estimate: int) -> Reservation:
+        """Reserve ``estimate`` tokens and one request, or raise RateLimited naming the limit."""
+        p = who.policy
+        name = who.name
+        live = self._live[name]
+        if p.max_concurrent is not None and live.in_flight >= p.max_concurrent:
+            raise RateLimited(f"tenant '{name}' already has {live.in_flight} requests in flight", 1)
+        if p.rpm is not None:
+            self._check_window("rpm", p.rpm, name, 1, "requests per minute")
+        if p.tpm is not None:
+            self._check_window("tpm", p.tpm, name, min(estimate, p.tpm), "tokens per minute")
+        now = time.time()
+        day, month, to_day_end, to_month_end = _periods(now)
+        for limit, period, wait, what in (
+            (p.tokens_per_day, day, to_day_end, "tokens per day"),
+            (p.tokens_per_month, month, to_month_end, "tokens per month"),
+        ):
+            if limit is not None and self._used[(name, period)] + live.reserved + estimate > limit:
+                raise RateLimited(f"tenant '{name}' reached its limit of {limit} {what}", wait)
+        # Every check passed: take the hold (one event-loop step, so no other request interleaves).
+        if p.rpm is not None:
+            self._window.hit(self._item("rpm", p.rpm), name)
+        if p.tpm is not None:
+            self._window.hit(self._item("tpm", p.tpm), name, cost=min(estimate, p.tpm))
+        live.in_flight += 1
+        live.reserved += estimate
+        return Reservation(self, name, estimate, p.tpm)
+
+    def _check_window(self, kind: str, amount: int, name: str, cost: int, what: str) -> None:
+        item = self._item(kind, amount)
+        if not self._window.test(item, name, cost=cost):
+            reset = self._window.get_window_stats(item, name).reset_time
+            raise RateLimited(
+                f"tenant '{name}' reached its limit of {amount} {what}", max(1.0, reset - time.time())
+            )
+
+    def _settle(self, r: Reservation, tokens: int) -> None:
+        live = self._live[r.name]
+        live.in_flight -= 1
+        live.reserved -= r.estimate
+        day, month, _, _ = _periods(time.time())
+        self._used[(r.name, day)] += tokens
+        self._used[(r.name, month)] += tokens
+        if r.policy_tpm is not None and tokens > r.estimate:
+            # The window holds the estimate already; add what the request used beyond it.
+            self._window.hit(
+                self._item("tpm", r.policy_tpm), r.name, cost=min(tokens - r.estimate, r.policy_tpm)
+            )
+
+    def used(self, name: str) -> dict[str, int]:
+        day, month, _, _ = _periods(time.time())
+        live = self._live[name]
+        return {
+            "today": self._used[(name, day)],
+            "this_month": self._used[(name, month)],
+            "reserved": live.reserved,
+            "in_flight": live.in_flight,
+        }
