@@ -70,6 +70,23 @@ BODY = json.dumps(
     separators=(",", ":"),
 ).encode()
 HEADERS = {"Content-Type": "application/json"}
+# Set once Hearth has a key for the bench tenant (auth and limits on, as in production); every
+# client then sends it, to the backend too (which ignores it), so both paths carry the same bytes.
+AUTH_TOKEN = ""
+
+
+def _use_key(token: str) -> None:
+    global AUTH_TOKEN
+    AUTH_TOKEN = token
+    HEADERS["Authorization"] = f"Bearer {token}"
+
+
+# Limits the bench tenant has: high enough never to refuse, so every check runs and passes.
+BENCH_TENANT = (
+    "tenants:\n"
+    "  bench: {rpm: 100000000, tpm: 1000000000000, tokens_per_day: 1000000000000, "
+    "tokens_per_month: 1000000000000, max_concurrent: 100000}\n"
+)
 
 # Targets from the issue.
 TARGET_ADDED_P50_MS = 1.0
@@ -297,9 +314,15 @@ class Services:
     """The fake backend and Hearth as subprocesses, stopped on exit."""
 
     def __init__(
-        self, tmp: Path, hearth_cpus: set[int] | None, log_level: str, env: dict[str, str] | None = None
+        self,
+        tmp: Path,
+        hearth_cpus: set[int] | None,
+        log_level: str,
+        env: dict[str, str] | None = None,
+        no_auth: bool = False,
     ) -> None:
         self.tmp = tmp
+        self.no_auth = no_auth
         self.env = env or {}
         self.backend_port = free_port()
         self.hearth_port = free_port()
@@ -335,15 +358,25 @@ class Services:
         backend_url = f"http://127.0.0.1:{self.backend_port}"
         _wait_http(f"{backend_url}/api/tags", MODEL, self.procs[-1], self.tmp / "backend.log")
         cfg = self.tmp / "hearth.yaml"
+        auth = "auth: {trusted_networks: {127.0.0.1/32: bench}}\n" if self.no_auth else BENCH_TENANT
         cfg.write_text(
             f"server: {{host: 127.0.0.1, port: {self.hearth_port}, data_dir: {self.tmp / 'data'}, "
             f"log_level: {self.log_level}}}\n"
             "discovery: {interval: 3600}\n"
             "backends:\n"
-            f'  - {{name: fast, kind: ollama, url: "{backend_url}"}}\n'
+            f'  - {{name: fast, kind: ollama, url: "{backend_url}"}}\n' + auth
         )
         hearth_bin = Path(sys.executable).with_name("hearth")
         cmd = [str(hearth_bin)] if hearth_bin.exists() else [py, "-m", "hearth.cli"]
+        if not self.no_auth:
+            made = subprocess.run(
+                [*cmd, "keys", "create", "--config", str(cfg), "--tenant", "bench"],
+                capture_output=True,
+                check=True,
+                cwd=self.tmp,
+                env={**os.environ, **self.env},
+            )
+            _use_key(made.stdout.decode().strip())
         hlog = (self.tmp / "hearth.log").open("wb")
         self.hearth = subprocess.Popen(
             [*cmd, "serve", "--config", str(cfg)],
@@ -391,7 +424,10 @@ def _wait_http(
         if proc.poll() is not None:
             raise RuntimeError(f"{url}: process exited ({proc.returncode}):\n{_tail(logfile)}")
         try:
-            with urllib.request.urlopen(url, timeout=2) as r:
+            req = urllib.request.Request(
+                url, headers={k: v for k, v in HEADERS.items() if k != "Content-Type"}
+            )
+            with urllib.request.urlopen(req, timeout=2) as r:
                 if needle in r.read().decode():
                     return
         except OSError as exc:
@@ -449,6 +485,7 @@ wrk.method = "POST"
 wrk.path = "%(path)s"
 wrk.body = '%(body)s'
 wrk.headers["Content-Type"] = "application/json"
+%(auth)s
 
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -537,7 +574,8 @@ class _Conn(asyncio.Protocol):
 def _raw_request(port: int, body: bytes) -> bytes:
     return (
         f"POST {CHAT_PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        + (f"Authorization: Bearer {AUTH_TOKEN}\r\n" if AUTH_TOKEN else "")
+        + f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
 
 
@@ -597,7 +635,11 @@ class LoadGen:
         self.threads = threads
         self.procs = procs
         self.script = tmp / "post.lua"
-        self.script.write_text(_WRK_LUA % {"path": CHAT_PATH, "body": BODY.decode()})
+
+    def _write_script(self) -> None:
+        # Written when a run starts: the API key exists only once Hearth's services are up.
+        auth = f'wrk.headers["Authorization"] = "Bearer {AUTH_TOKEN}"' if AUTH_TOKEN else ""
+        self.script.write_text(_WRK_LUA % {"path": CHAT_PATH, "body": BODY.decode(), "auth": auth})
 
     @property
     def name(self) -> str:
@@ -605,6 +647,7 @@ class LoadGen:
 
     def run(self, port: int, concurrency: int, seconds: float) -> Load:
         if self.use_wrk:
+            self._write_script()
             return run_wrk(port, concurrency, seconds, self.threads, self.script)
         return run_pyload(port, concurrency, seconds, self.procs)
 
@@ -771,9 +814,10 @@ def run(args: argparse.Namespace) -> Report:
     )
     hearth_env = dict(kv.split("=", 1) for kv in args.hearth_env)
     report.options["hearth_env"] = hearth_env
+    report.options["auth"] = "trusted network, no limits" if args.no_auth else "API key + tenant limits"
     with (
         tempfile.TemporaryDirectory(prefix="hearth-bench-") as tmpdir,
-        Services(Path(tmpdir), hearth_cpus, args.log_level, hearth_env) as svc,
+        Services(Path(tmpdir), hearth_cpus, args.log_level, hearth_env, args.no_auth) as svc,
     ):
         tmp = Path(tmpdir)
         gen = LoadGen(use_wrk, tmp, args.wrk_threads, args.procs)
@@ -957,6 +1001,11 @@ def main(argv: list[str] | None = None) -> int:
         help="environment for Hearth, e.g. HEARTH_STORE__LOG_REQUESTS=false (repeatable)",
     )
     ap.add_argument("--log-level", default="info", help="Hearth's server.log_level (default info)")
+    ap.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="trust loopback instead of sending an API key (default: a key and tenant limits, all checked)",
+    )
     args = ap.parse_args(argv)
     t0 = time.monotonic()
     report = run(args)
