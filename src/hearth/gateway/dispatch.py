@@ -224,7 +224,7 @@ class Gateway:
             estimate = self.limits.estimate(
                 len(call.raw), max_tokens if isinstance(max_tokens, int) else None
             )
-            trace.reservation = self.limits.admit(who, estimate)
+            trace.reservation = await self.limits.admit(who, estimate)
             return await self._dispatch(call, trace)
         except HearthError as exc:
             trace.finish(exc.status, exc.message)

@@ -14,21 +14,26 @@ limit only by how much admitted requests outran their own estimates.
 Request and token rates use the ``limits`` library's sliding-window counters (two counters a
 key, weighted by how far into the minute we are). Its moving window is exact but keeps one
 timestamp per unit of cost: measured at 850 us a request for a token window, against 15 us for
-the sliding counter (docs/decisions.md). A per-minute token window cannot hand tokens back, so
-it is charged the estimate at admission and only the excess at the end. Day and month totals
-are plain counters, seeded at start-up from the request log so a restart forgets nothing.
+the sliding counter (docs/decisions.md). The asyncio flavour of its in-memory storage is used:
+the threaded one starts a timer thread every 10 ms under load, which fights the event loop for
+the GIL; the same API fronts Redis when several Hearth processes share limits.
+
+A per-minute token window cannot hand tokens back, so it is charged the estimate at admission
+and only the excess at the end. Day and month totals are plain counters, seeded at start-up
+from the request log so a restart forgets nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from limits import RateLimitItem, RateLimitItemPerMinute
-from limits.storage import MemoryStorage
-from limits.strategies import SlidingWindowCounterRateLimiter
+from limits.aio.storage import MemoryStorage
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 from hearth.errors import RateLimited
 from hearth.gateway.auth import Principal
@@ -98,6 +103,7 @@ class Limits:
         self._live: defaultdict[str, _Usage] = defaultdict(_Usage)
         self._used: defaultdict[tuple[str, str], int] = defaultdict(int)  # (name, day|month) -> tokens
         self._calendar = _Calendar()
+        self._pending: set[asyncio.Future[bool]] = set()
 
     def load(self) -> None:
         """Seed this month's and today's totals from the request log (after a restart)."""
@@ -121,7 +127,7 @@ class Limits:
         completion = max_tokens if max_tokens and max_tokens > 0 else self.settings.default_completion_tokens
         return prompt + completion
 
-    def admit(self, who: Principal, estimate: int) -> Reservation:
+    async def admit(self, who: Principal, estimate: int) -> Reservation:
         """Reserve ``estimate`` tokens and one request, or raise RateLimited naming the limit."""
         p = who.policy
         name = who.name
@@ -139,17 +145,17 @@ class Limits:
         # Windows last: hit() records only when it fits, so one call tests and takes. A request
         # refused by the token window has used one request of the minute: refusals count.
         if p.rpm is not None:
-            self._hit("rpm", p.rpm, name, 1, "requests per minute")
+            await self._hit("rpm", p.rpm, name, 1, "requests per minute")
         if p.tpm is not None:
-            self._hit("tpm", p.tpm, name, min(estimate, p.tpm), "tokens per minute")
+            await self._hit("tpm", p.tpm, name, min(estimate, p.tpm), "tokens per minute")
         live.in_flight += 1
         live.reserved += estimate
         return Reservation(self, name, estimate, p.tpm)
 
-    def _hit(self, kind: str, amount: int, name: str, cost: int, what: str) -> None:
+    async def _hit(self, kind: str, amount: int, name: str, cost: int, what: str) -> None:
         item = self._item(kind, amount)
-        if not self._window.hit(item, name, cost=cost):
-            reset = self._window.get_window_stats(item, name).reset_time
+        if not await self._window.hit(item, name, cost=cost):
+            reset = (await self._window.get_window_stats(item, name)).reset_time
             raise RateLimited(
                 f"tenant '{name}' reached its limit of {amount} {what}", max(1.0, reset - time.time())
             )
@@ -163,9 +169,12 @@ class Limits:
         self._used[(r.name, month)] += tokens
         if r.policy_tpm is not None and tokens > r.estimate:
             # The window holds the estimate already; add what the request used beyond it.
-            self._window.hit(
-                self._item("tpm", r.policy_tpm), r.name, cost=min(tokens - r.estimate, r.policy_tpm)
+            excess = min(tokens - r.estimate, r.policy_tpm)
+            task = asyncio.ensure_future(
+                self._window.hit(self._item("tpm", r.policy_tpm), r.name, cost=excess)
             )
+            self._pending.add(task)  # the loop holds tasks weakly
+            task.add_done_callback(self._pending.discard)
 
     def used(self, name: str) -> dict[str, int]:
         day, month, _, _ = self._calendar.at(time.time())
