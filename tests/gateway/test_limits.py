@@ -172,3 +172,37 @@ def test_tokens_per_minute_refuses_once_the_window_is_spent(live: Any, oc: Any) 
                 refused += 1
         assert refused >= 3  # each request reserves at least 40 tokens of the 100
         assert len(o.requests_to("/api/chat")) == 5 - refused
+
+
+LIMIT_CASES = {
+    # limit: (tenant policy, requests that succeed first, words in the 429 message)
+    "rpm": ({"rpm": 1}, 1, "requests per minute"),
+    "tpm": ({"tpm": 100}, 1, "tokens per minute"),
+    "tokens_per_day": ({"tokens_per_day": 50}, 0, "tokens per day"),
+    "tokens_per_month": ({"tokens_per_month": 50}, 0, "tokens per month"),
+}
+
+
+@pytest.mark.parametrize("dialect", ["ollama", "openai"])
+@pytest.mark.parametrize("limit", sorted(LIMIT_CASES))
+def test_every_limit_answers_429_with_retry_after_in_the_clients_dialect(
+    live: Any, limit: str, dialect: str
+) -> None:
+    policy, ok_first, words = LIMIT_CASES[limit]
+    with FakeOllama(models=[MODEL]) as o:
+        # Each request reserves about 60 tokens: 40 for the completion plus the prompt's bytes / 4.
+        hearth = live(settings_for(o, policy, limits={"default_completion_tokens": 40}))
+        path = "/api/chat" if dialect == "ollama" else "/v1/chat/completions"
+        body = {"model": MODEL, "messages": MSG, "stream": False}
+        for _ in range(ok_first):
+            assert httpx.post(hearth.url + path, json=body).status_code == 200
+        r = httpx.post(hearth.url + path, json=body)
+        assert r.status_code == 429
+        assert int(r.headers["retry-after"]) >= 1
+        error = r.json()["error"]
+        if dialect == "ollama":
+            assert words in error
+        else:
+            assert words in error["message"]
+            assert error["type"] == "rate_limit_error"
+            assert error["code"] == "rate_limit_exceeded"
