@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -119,3 +120,32 @@ def oc() -> Iterator[Any]:
     yield make
     for c in made:
         c.close()
+
+
+LONG_PROMPT = " ".join(f"w{i}" for i in range(200))
+
+
+def hang_up_mid_stream(url: str, fake: Any, path: str = "/api/chat", model: str = "llama3.1:8b") -> None:
+    """Start a slow stream through Hearth, read one line, hang up, and return once the backend
+    has seen the disconnect."""
+    import httpx
+
+    fake.chunk_delay = 0.02  # a slow model: the client leaves long before the end
+    body = {"model": model, "stream": True, "messages": [{"role": "user", "content": LONG_PROMPT}]}
+    with httpx.stream("POST", url + path, json=body) as resp:
+        next(resp.iter_lines())
+    assert fake.wait_cancelled()
+
+
+def eventually(probe: Any, timeout: float = 5.0) -> Any:
+    """Poll ``probe()`` until it returns something truthy. For effects Hearth completes in its
+    own task after the client has already seen the outcome (a row written, a count settled)."""
+    import threading
+
+    tick = threading.Event()
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value or time.monotonic() > deadline:
+            return value
+        tick.wait(0.01)

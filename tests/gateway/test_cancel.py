@@ -9,11 +9,10 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
-from tests.conftest import LiveHearth, make_settings
+from tests.conftest import LiveHearth, eventually, hang_up_mid_stream, make_settings
 from tests.fakes import FakeOllama, FakeOpenAI
 
 MODEL = "llama3.1:8b"
-LONG = " ".join(f"w{i}" for i in range(200))
 
 
 @pytest.fixture
@@ -48,14 +47,7 @@ def test_closing_an_ollama_stream_cancels_generation(
     setup: tuple[LiveHearth, FakeOllama, FakeOpenAI],
 ) -> None:
     hearth, o, _ = setup
-    o.chunk_delay = 0.02  # a slow model: the client leaves long before the end
-    with httpx.stream(
-        "POST",
-        hearth.url + "/api/chat",
-        json={"model": MODEL, "messages": [{"role": "user", "content": LONG}]},
-    ) as resp:
-        next(resp.iter_lines())
-    assert o.wait_cancelled()
+    hang_up_mid_stream(hearth.url, o)
 
 
 def test_disconnect_while_waiting_for_the_first_byte_cancels(
@@ -85,22 +77,14 @@ def test_disconnect_from_an_openai_client_on_an_ollama_backend_cancels(
     setup: tuple[LiveHearth, FakeOllama, FakeOpenAI],
 ) -> None:
     hearth, o, _ = setup
-    o.chunk_delay = 0.02
-    body = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": LONG}]}
-    with httpx.stream("POST", hearth.url + "/v1/chat/completions", json=body) as resp:
-        next(resp.iter_lines())
-    assert o.wait_cancelled()
+    hang_up_mid_stream(hearth.url, o, "/v1/chat/completions")
 
 
 def test_disconnect_from_an_ollama_client_on_an_openai_backend_cancels(
     setup: tuple[LiveHearth, FakeOllama, FakeOpenAI],
 ) -> None:
     hearth, _, c = setup
-    c.chunk_delay = 0.02
-    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": LONG}]}
-    with httpx.stream("POST", hearth.url + "/api/chat", json=body) as resp:
-        next(resp.iter_lines())
-    assert c.wait_cancelled()
+    hang_up_mid_stream(hearth.url, c, model="gpt-4o-mini")
 
 
 def test_a_cancelled_request_no_longer_counts_as_in_flight(
@@ -114,8 +98,4 @@ def test_a_cancelled_request_no_longer_counts_as_in_flight(
     sock.close()
     assert o.wait_cancelled()
     # Hearth settles its count in its own task; the backend noticing first is no guarantee.
-    deadline = 200
-    while in_flight(hearth) and deadline:
-        deadline -= 1
-        o.wait_for(lambda: False, timeout=0.01)
-    assert in_flight(hearth) == 0
+    assert eventually(lambda: in_flight(hearth) == 0)

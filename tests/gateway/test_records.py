@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 import openai
-from tests.conftest import LiveHearth, make_settings
+from tests.conftest import LiveHearth, eventually, hang_up_mid_stream, make_settings
 from tests.fakes import FakeOllama, FakeOpenAI, count_words
 
 SECRET = "my blood pressure is 150 over 95"
@@ -75,19 +75,9 @@ def test_admin_requests_shows_recent_calls_newest_first(live: Any, oc: Any) -> N
 def test_a_client_that_leaves_is_recorded_as_499(live: Any) -> None:
     with FakeOllama(models=["llama3.1:8b"]) as o:
         hearth: LiveHearth = live(make_settings([{"name": "o", "kind": "ollama", "url": o.url}]))
-        o.chunk_delay = 0.02
-        long = " ".join(["w"] * 200)
-        with httpx.stream(
-            "POST",
-            hearth.url + "/api/chat",
-            json={"model": "llama3.1:8b", "messages": [{"role": "user", "content": long}]},
-        ) as resp:
-            next(resp.iter_lines())
-        assert o.wait_cancelled()
-        statuses: list[int] = []
-        for _ in range(200):  # the row is written when Hearth's stream task unwinds
-            statuses = [r["status"] for r in httpx.get(hearth.url + "/admin/requests").json()["requests"]]
-            if statuses:
-                break
-            o.wait_for(lambda: False, timeout=0.01)
-        assert statuses == [499]
+        hang_up_mid_stream(hearth.url, o)
+
+        def statuses() -> list[int]:  # the row is written when Hearth's stream task unwinds
+            return [r["status"] for r in httpx.get(hearth.url + "/admin/requests").json()["requests"]]
+
+        assert eventually(statuses) == [499]

@@ -10,7 +10,7 @@ import httpx
 import openai
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from tests.conftest import LiveHearth, make_settings
+from tests.conftest import LiveHearth, eventually, hang_up_mid_stream, make_settings
 from tests.fakes import FakeOllama, FakeOpenAI, count_words, plan_chat, plan_completion
 
 from hearth.backends.pool import Pool
@@ -72,7 +72,9 @@ def test_counters_move_by_the_calls_made_with_the_backends_token_counts(live: An
         list(client.chat(model="gpt-x", messages=MSGS, stream=True))  # translated to OpenAI
         with openai.OpenAI(base_url=hearth.url + "/v1", api_key="x", max_retries=0) as oa:
             oa.chat.completions.create(model="gpt-x", messages=MSGS)
-        assert httpx.post(hearth.url + "/api/chat", json={"model": "nope", "messages": MSGS}).status_code == 404
+        assert (
+            httpx.post(hearth.url + "/api/chat", json={"model": "nope", "messages": MSGS}).status_code == 404
+        )
 
         s = scrape(hearth)
         tenants = {labels["tenant"] for n, labels, _ in s if n == "hearth_requests_total"}
@@ -155,7 +157,10 @@ def test_backend_gauges_are_read_from_the_pool_at_scrape_time(live: Any) -> None
     with FakeOllama(models=["llama3.1:8b"], loaded=["llama3.1:8b"]) as a, FakeOllama(models=["qwen:7b"]) as b:
         hearth: LiveHearth = live(
             make_settings(
-                [{"name": "a", "kind": "ollama", "url": a.url}, {"name": "b", "kind": "ollama", "url": b.url}],
+                [
+                    {"name": "a", "kind": "ollama", "url": a.url},
+                    {"name": "b", "kind": "ollama", "url": b.url},
+                ],
                 routing={"breaker": {"failures": 1, "cooldown": 3600}},
             )
         )
@@ -176,7 +181,9 @@ def test_backend_gauges_are_read_from_the_pool_at_scrape_time(live: Any) -> None
         result: list[int] = []
         body = {"model": "llama3.1:8b", "messages": MSGS, "stream": False}
         t = threading.Thread(
-            target=lambda: result.append(httpx.post(hearth.url + "/api/chat", json=body, timeout=10).status_code)
+            target=lambda: result.append(
+                httpx.post(hearth.url + "/api/chat", json=body, timeout=10).status_code
+            )
         )
         t.start()
         try:
@@ -190,7 +197,9 @@ def test_backend_gauges_are_read_from_the_pool_at_scrape_time(live: Any) -> None
 
         # A backend error opens b's breaker (failures: 1); then b goes down.
         b.fail_next(500)
-        resp = httpx.post(hearth.url + "/api/chat", json={"model": "qwen:7b", "messages": MSGS, "stream": False})
+        resp = httpx.post(
+            hearth.url + "/api/chat", json={"model": "qwen:7b", "messages": MSGS, "stream": False}
+        )
         assert resp.status_code == 500
         s = scrape(hearth)
         assert pick(s, "hearth_backend_breaker_open") == {("a",): 0, ("b",): 1}
@@ -209,21 +218,9 @@ def test_backend_gauges_are_read_from_the_pool_at_scrape_time(live: Any) -> None
 def test_a_client_that_hangs_up_is_counted_as_499(live: Any) -> None:
     with FakeOllama(models=["llama3.1:8b"]) as o:
         hearth: LiveHearth = live(make_settings([{"name": "o", "kind": "ollama", "url": o.url}]))
-        o.chunk_delay = 0.02
-        long = " ".join(["w"] * 200)
-        with httpx.stream(
-            "POST",
-            hearth.url + "/api/chat",
-            json={"model": "llama3.1:8b", "messages": [{"role": "user", "content": long}]},
-        ) as resp:
-            next(resp.iter_lines())
-        assert o.wait_cancelled()
-        counted: dict[tuple[str, ...], float] = {}
-        for _ in range(200):  # counted when Hearth's stream task unwinds
-            counted = pick(scrape(hearth), "hearth_requests_total", status="499")
-            if counted:
-                break
-            o.wait_for(lambda: False, timeout=0.01)
+        hang_up_mid_stream(hearth.url, o)
+        # counted when Hearth's stream task unwinds
+        counted = eventually(lambda: pick(scrape(hearth), "hearth_requests_total", status="499"))
         s = scrape(hearth)
         assert sum(counted.values()) == 1
         assert total(s, "hearth_requests_total") == 1
@@ -263,7 +260,10 @@ def test_metrics_key_guards_metrics(live: Any) -> None:
             assert "hearth_backend_up" in ok.text
             om = http.get(
                 "/metrics",
-                headers={"Authorization": "bearer s3cret", "Accept": "application/openmetrics-text; version=1.0.0"},
+                headers={
+                    "Authorization": "bearer s3cret",
+                    "Accept": "application/openmetrics-text; version=1.0.0",
+                },
             )
             assert om.status_code == 200
             assert om.headers["content-type"].startswith("application/openmetrics-text")
