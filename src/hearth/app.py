@@ -19,6 +19,7 @@ from hearth.api.auth import AuthMiddleware
 from hearth.api.metrics import MetricsAPI
 from hearth.api.ollama import OllamaAPI
 from hearth.api.openai import OpenAIAPI
+from hearth.api.usage import UsageAPI
 from hearth.backends.pool import Pool
 from hearth.gateway.auth import Authenticator
 from hearth.gateway.catalog import Catalog
@@ -47,7 +48,7 @@ def create_app(settings: Settings) -> Starlette:
         metrics=metrics,
     )
     metrics.watch(records)
-    limits = Limits(settings.limits, store)
+    limits = Limits(settings.limits, store, settings.redis)
     gateway = Gateway(pool, router, settings.routing.max_attempts, records, limits)
     catalog = Catalog(pool, router)
     auth = Authenticator(settings, store)
@@ -55,6 +56,7 @@ def create_app(settings: Settings) -> Starlette:
         *OllamaAPI(settings, gateway, catalog, Manager(pool)).routes(),
         *OpenAIAPI(settings, gateway, catalog).routes(),
         *AdminAPI(settings, pool, store, records, auth).routes(),
+        *UsageAPI(settings, store, records).routes(),
         *MetricsAPI(settings, registry).routes(),
     ]
 
@@ -74,6 +76,7 @@ def create_app(settings: Settings) -> Starlette:
             )
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300))
         try:
+            await auth.start()  # PostgreSQL: LISTEN for key changes made by other processes
             await pool.start(session)
             records.start()
             log.info("hearth ready: %d backends, %d up", len(pool.states), sum(s.up for s in pool.states))
@@ -82,6 +85,8 @@ def create_app(settings: Settings) -> Starlette:
             await pool.stop()
             await session.close()
             await records.stop()  # graceful shutdown: nothing recorded is lost
+            await limits.close()  # pending settlements reach Redis, then its connections close
+            await auth.stop()
             store.close()
 
     app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(AuthMiddleware, auth)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ from hearth.errors import ConfigError
 from hearth.gateway.auth import Authenticator
 from hearth.settings import EXAMPLE_CONFIG, Settings, load_settings
 from hearth.store.db import Store
+from hearth.store.schema import USAGE_GROUPS
 
 DEFAULT_CONFIG = Path("hearth.yaml")
 
@@ -218,6 +220,45 @@ def check(config_path: Path | None) -> None:
             f"alias {name} -> {alias.model}"
             + (f" (fallbacks: {', '.join(alias.fallbacks)})" if alias.fallbacks else "")
         )
+
+
+@main.command()
+@config_option
+@click.option(
+    "--since",
+    default="30d",
+    show_default=True,
+    help="How far back: a span (24h, 7d, 30d, 2w) or an ISO date or date-time (UTC).",
+)
+@click.option(
+    "--by",
+    type=click.Choice(USAGE_GROUPS),
+    default="tenant",
+    show_default=True,
+    help="Group calls by tenant, model (as asked: alias or real), backend, or served_model.",
+)
+@click.option("--tenant", help="Only this tenant and its sub-tenants.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def usage(config_path: Path | None, since: str, by: str, tenant: str | None, as_json: bool) -> None:
+    """Calls, tokens and cost per tenant, model or backend, from the request log."""
+    from hearth.gateway.usage import parse_since, report, table
+
+    settings = _load(config_path)
+    try:
+        start = parse_since(since)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from exc
+    store = _store(settings)
+    try:
+        groups = store.usage_summary(start, by, tenant)
+    finally:
+        store.close()
+    rep = report(groups, settings, start, by)
+    if as_json:
+        click.echo(json.dumps(rep, indent=2))
+        return
+    click.echo(f"since {_when(start)} UTC, by {by}")
+    click.echo(table(rep))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -140,6 +140,58 @@ class AuthSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     trusted_networks: dict[str, str] = msgspec.field(default_factory=dict)
 
 
+class RedisSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    # Shares rate limits, token quotas and in-flight counts among several Hearth processes
+    # (redis://, rediss:// or unix:// URL of one Redis or Valkey server). None: this process's
+    # memory, as a single Hearth needs.
+    url: str | None = None
+    # Every key Hearth writes starts with this, so several Hearths (or apps) can share a server.
+    prefix: str = "hearth:"
+    # Seconds a request counts as in flight and holds its token reservation at most: bounds
+    # what a crashed process leaves held. A longer request is still charged when it ends.
+    reservation_ttl: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if self.url is not None and not self.url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("url: expected a redis://, rediss:// or unix:// URL")
+        if self.reservation_ttl <= 0:
+            raise ValueError("reservation_ttl: expected a positive number of seconds")
+
+
+class Price(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """What a cloud model costs per million tokens (USD, or whatever currency you price in)."""
+
+    input: float
+    output: float
+
+
+class EnergySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    # Average draw of the LLM box while it generates, in watts; 0: no energy cost.
+    watts: float = 0.0
+    # What a kWh costs, in the currency of `prices`.
+    price_per_kwh: float = 0.0
+
+
+class PricingSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Cost columns of `hearth usage`: cloud calls at their price, local calls at the price of an
+    equivalent cloud model and at the energy they took (gateway/usage.py)."""
+
+    # Per model name as the backend serves it: price per million input and output tokens.
+    prices: dict[str, Price] = msgspec.field(default_factory=dict)
+    # A model in `prices`: local calls are also priced as if they had been sent to it.
+    local_equivalent: str | None = None
+    energy: EnergySettings = msgspec.field(default_factory=EnergySettings)
+
+    def __post_init__(self) -> None:
+        for name, p in self.prices.items():
+            if p.input < 0 or p.output < 0:
+                raise ValueError(f"prices.{name}: expected prices of 0 or more")
+        if self.local_equivalent is not None and self.local_equivalent not in self.prices:
+            raise ValueError(f"local_equivalent: {self.local_equivalent!r} has no entry in prices")
+        if self.energy.watts < 0 or self.energy.price_per_kwh < 0:
+            raise ValueError("energy: expected watts and price_per_kwh of 0 or more")
+
+
 class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
@@ -154,6 +206,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # The policy of tenants not in `tenants:` (created by `hearth keys create --tenant NEW`).
     tenant_defaults: TenantSettings = msgspec.field(default_factory=TenantSettings)
     limits: LimitSettings = msgspec.field(default_factory=LimitSettings)
+    pricing: PricingSettings = msgspec.field(default_factory=PricingSettings)
+    redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
 
     @property
     def data_path(self) -> Path:
@@ -368,6 +422,11 @@ tenants: {}
 #     priority: batch      # interactive work goes first (scheduler)
 # tenant_defaults: {rpm: 60}   # for tenants not listed here (created by `hearth keys create`)
 
+redis:                     # limits shared by several Hearth processes (see README)
+  url: null                # e.g. redis://127.0.0.1:6379/0 (Redis or Valkey); null: this process's memory
+  prefix: "hearth:"        # start of every key Hearth writes
+  reservation_ttl: 3600    # seconds a request holds its in-flight slot and token reservation at most
+
 aliases: {}
 # aliases:                 # example: service-facing names with enforced defaults
 #   healthrag:
@@ -383,4 +442,14 @@ models: {}
 # models:                  # example: defaults for clients that use a real model name
 #   llama3.1:8b:
 #     options: {num_ctx: 8192}
+
+pricing:                   # the cost columns of `hearth usage`; prices per million tokens
+  prices: {}
+  # prices:                # example: cloud models by the name their backend serves them under
+  #   gpt-4o-mini: {input: 0.15, output: 0.60}
+  #   gpt-4o: {input: 2.50, output: 10.00}
+  # local_equivalent: gpt-4o-mini   # example: also price local calls as if sent to this model
+  energy:                  # local calls cost busy seconds x watts / 3.6e6 x price_per_kwh
+    watts: 0               # average draw of the LLM box while generating, e.g. 350
+    price_per_kwh: 0       # in the currency of prices, e.g. 0.30
 """

@@ -11,6 +11,7 @@ from starlette.routing import Route
 
 from hearth.api.auth import require_admin
 from hearth.api.common import error_response, json_body, json_response
+from hearth.api.usage import usage_params, usage_report
 from hearth.backends.pool import Pool
 from hearth.errors import BadRequest, HearthError
 from hearth.gateway.auth import Authenticator
@@ -34,6 +35,7 @@ class AdminAPI:
         return [
             Route("/admin/backends", self.backends, methods=["GET"]),
             Route("/admin/requests", self.requests, methods=["GET"]),
+            Route("/admin/usage", self.usage, methods=["GET"]),
             Route("/admin/tenants", self.tenants, methods=["GET"]),
             Route("/admin/keys", self.keys, methods=["GET", "POST"]),
             Route("/admin/keys/{key_id}", self.revoke, methods=["DELETE"]),
@@ -115,6 +117,16 @@ class AdminAPI:
         await self.records.flush()
         rows = await asyncio.to_thread(self.store.recent_requests, min(int(raw), 1000))
         return json_response({"requests": rows, "dropped": self.records.dropped})
+
+    async def usage(self, request: Request) -> Response:
+        """Usage and cost of every tenant (``?since=30d&by=tenant``, ``&tenant=`` for one)."""
+        try:
+            self._authorize(request)
+            since, by = usage_params(request, "tenant")
+        except HearthError as exc:
+            return error_response(exc, "openai")
+        tenant = request.query_params.get("tenant") or None
+        return json_response(await usage_report(self.settings, self.store, self.records, since, by, tenant))
 
     async def healthz(self, request: Request) -> Response:
         """Liveness for orchestrators: 200 while at least one backend is up, else 503."""

@@ -5,9 +5,24 @@ the whole key is shown once at creation and stored only as its SHA-256. A reques
 found by id and checked with a constant-time comparison; every failure says the same thing, so
 a caller never learns which part of a key was wrong.
 
-Keys created or revoked by another process (the CLI) take effect on the very next request:
-before each lookup Hearth asks SQLite for its ``data_version``, which changes whenever another
-connection commits, and reloads the (small) key table when it moved.
+Keys created or revoked by another process (the CLI, another Hearth):
+
+- SQLite: they take effect on the very next request. Before each lookup Hearth asks SQLite for
+  its ``data_version``, which changes whenever another connection commits, and reloads the
+  (small) key table when it moved.
+- PostgreSQL: no query ever runs on the request path; lookups read the in-memory table. A
+  trigger NOTIFYs on every change to ``api_keys``, ``start()`` keeps one connection LISTENing,
+  and each notification rereads the table in a thread. A change therefore takes effect a few
+  milliseconds after its commit (notification delivery plus one small SELECT), not on the very
+  next request: a request arriving in that window still sees the old table. Measured on one
+  machine over a Unix socket: 5 ms median, 20 ms worst of 50 revocations, counted from the
+  revoking call; the tests hold it to one second. If the listening connection drops, the table
+  is reread as soon as it is back (reconnecting after 0.1 s, backing off to 5 s), and every
+  ``RESYNC_SECONDS`` (60 s) anyway: that bounds how stale it gets when notifications cannot
+  arrive at all (a PgBouncer in transaction mode, a silently dead TCP connection, which
+  keepalives notice within about a minute). A key created through this server's own admin API
+  is added to its table at once as well (unless a reread already under way lands just after,
+  which the notification's reread then corrects); revocations always travel by notification.
 
 Without a Hearth key (none, or some other token such as the dummy key the openai SDK insists
 on), a client on a network listed in ``auth.trusted_networks`` acts as that network's tenant;
@@ -17,9 +32,12 @@ checked, trusted network or not, and always wins.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
 import ipaddress
+import logging
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,6 +48,10 @@ from hearth.settings import Settings, TenantSettings
 from hearth.store.db import Store
 
 KEY_PREFIX = "hth_"
+# PostgreSQL: reread the key table this often even without a notification (seconds).
+RESYNC_SECONDS = 60.0
+
+log = logging.getLogger("hearth.auth")
 
 
 def hash_key(key: str) -> str:
@@ -78,12 +100,59 @@ class Authenticator:
         self._keys: dict[str, tuple[str, str]] = {}  # id -> (tenant, hash)
         self._version: int | None = None
         self._loaded = False
+        # PostgreSQL, once start()ed: the table is kept fresh by _watch, never read on the loop.
+        self._watching = False
+        self._task: asyncio.Task[None] | None = None
         self._networks = [
             (ipaddress.ip_network(cidr, strict=False), tenant)
             for cidr, tenant in settings.auth.trusted_networks.items()
         ]
 
+    async def start(self) -> None:
+        """Keep the key table fresh without any query on the request path, where the store
+        pushes key changes (PostgreSQL). Loads the table first, so start-up fails loudly if
+        the database is unreachable. SQLite needs nothing: it is asked on each lookup."""
+        if not self.store.pushes_key_changes or self._task is not None:
+            return
+        await self._reload()
+        self._watching = True
+        self._task = asyncio.create_task(self._watch(asyncio.Event()), name="hearth-keys-watch")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self._watching = False
+
+    async def _reload(self) -> None:
+        keys = await asyncio.to_thread(self.store.active_keys)
+        self._keys = {kid: (tenant, h) for kid, tenant, h in keys}
+        self._loaded = True
+
+    async def _watch(self, stale: asyncio.Event) -> None:
+        """Reread the table after each notification (a burst costs one or two reads) and every
+        RESYNC_SECONDS; the store's listener sets ``stale``."""
+
+        async def reload_when_stale() -> None:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stale.wait(), RESYNC_SECONDS)
+                stale.clear()  # before reading: a change committed during the read sets it again
+                try:
+                    await self._reload()
+                except Exception as exc:  # keep watching whatever happened: revocations matter
+                    log.error("could not reload API keys (keeping the previous ones): %s", exc)
+                    await asyncio.sleep(1.0)
+                    stale.set()
+
+        await asyncio.gather(self.store.watch_keys(stale.set), reload_when_stale())
+
     def _keys_now(self) -> dict[str, tuple[str, str]]:
+        if self._watching:
+            return self._keys
+        # SQLite; or PostgreSQL not start()ed (the CLI): there every lookup is a query.
         version = self.store.data_version()
         if not self._loaded or version is None or version != self._version:
             self._keys = {kid: (tenant, h) for kid, tenant, h in self.store.active_keys()}
@@ -142,4 +211,8 @@ class Authenticator:
         """A new key for ``tenant`` (created with default policy if new): (id, key)."""
         key_id, key = new_key()
         self.store.insert_key(key_id, tenant, hash_key(key), label)
+        if self._watching:
+            # Usable at once through this server, before the notification's reload lands (that
+            # reload, reading after this commit, keeps it).
+            self._keys = {**self._keys, key_id: (tenant, hash_key(key))}
         return key_id, key

@@ -26,7 +26,14 @@ from hearth.backends.pool import BackendState, Pool
 from hearth.errors import BackendUnavailable, HearthError, ModelNotFound, NoBackend, UpstreamError
 from hearth.gateway.auth import Principal
 from hearth.gateway.limits import Limits
-from hearth.gateway.records import RequestLog, Trace, peek_usage
+from hearth.gateway.records import (
+    RequestLog,
+    Trace,
+    estimate_tokens,
+    peek_usage,
+    records_estimate,
+    reply_chars,
+)
 from hearth.gateway.router import Router, Target
 from hearth.protocol.canonical import (
     ChatRequest,
@@ -52,6 +59,10 @@ _OPENAI_FIELDS = {
     "frequency_penalty": "frequency_penalty",
     "num_predict": "max_tokens",
 }
+
+
+# The end of an OpenAI stream: never where the token counts are.
+_SSE_DONE = (b"data: [DONE]", b"data:[DONE]")
 
 
 @dataclass(slots=True)
@@ -117,7 +128,10 @@ class Passthrough:
             raise
         self._lease.settle(True)
         self._trace.first_byte()
-        self._trace.finish(200, tokens=peek_usage(self._dialect, body))
+        tokens = peek_usage(self._dialect, body)
+        if tokens == (None, None):  # no counts: the request log gets an estimate
+            self._trace.reply_estimate = estimate_tokens(reply_chars(body))
+        self._trace.finish(200, tokens=tokens)
         return body
 
     async def stream(self) -> AsyncIterator[bytes]:
@@ -126,6 +140,7 @@ class Passthrough:
         seps = (b"\n\n", b"\r\n\r\n") if self._sse else (b"\n",)
         pending = b""
         last = b""  # the final records, where the backend puts its token counts
+        records = 0  # relayed, for the token estimate when the backend reports no counts
         trace = self._trace
         ok = False
         try:
@@ -133,11 +148,18 @@ class Passthrough:
                 pending += data
                 cut = max(pending.rfind(s) + len(s) if pending.rfind(s) >= 0 else 0 for s in seps)
                 if cut:
-                    last, pending = pending[:cut], pending[cut:]
+                    piece, pending = pending[:cut], pending[cut:]
+                    for s in seps:
+                        records += piece.count(s)
+                    # OpenAI's usage record may arrive a read before the [DONE] that ends it.
+                    if not piece.startswith(_SSE_DONE):
+                        last = piece
                     trace.first_byte()
-                    yield last
+                    yield piece
             if pending:
-                last = pending
+                if not pending.startswith(_SSE_DONE):
+                    last = pending
+                records += 1
                 yield pending
             ok = True
         except HearthError as exc:
@@ -148,7 +170,10 @@ class Passthrough:
             self.raw.close()
             self._lease.settle(True if ok else None)
             if ok:
-                trace.finish(200, tokens=peek_usage(self._dialect, last))
+                tokens = peek_usage(self._dialect, last)
+                if tokens == (None, None):
+                    trace.reply_estimate = records_estimate(self._dialect, trace.endpoint, records)
+                trace.finish(200, tokens=tokens)
             else:
                 trace.finish(499, "client disconnected")  # no-op after a backend error
 
@@ -164,6 +189,7 @@ class Translated:
 
     async def guard(self, chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
         usage = None
+        chars = 0  # of reply text, for the token estimate when the backend reports no counts
         trace = self._trace
         ok = False
         try:
@@ -171,6 +197,7 @@ class Translated:
                 trace.first_byte()
                 if c.usage is not None:
                     usage = c.usage
+                chars += len(c.content) + len(c.thinking)
                 yield c
             ok = True
         except HearthError as exc:
@@ -183,6 +210,8 @@ class Translated:
                 await aclose()
             self._lease.settle(True if ok else None)
             if ok:
+                if usage is None:
+                    trace.reply_estimate = estimate_tokens(chars)
                 trace.finish_usage(usage)
             else:
                 trace.finish(499, "client disconnected")  # no-op after a backend error
@@ -219,6 +248,7 @@ class Gateway:
         trace = self.records.trace(
             call.dialect, call.endpoint.value, call.request.model, stream, who.name, who.key_id
         )
+        trace.request_bytes = len(call.raw)
         try:
             max_tokens = call.request.options.get("num_predict")
             estimate = self.limits.estimate(
@@ -297,7 +327,8 @@ class Gateway:
                 result = await backend.embed(req)
                 lease.settle(True)
                 trace.first_byte()
-                trace.finish_usage(result.usage)
+                u = result.usage  # all zero: the backend reported no counts (estimated then)
+                trace.finish_usage(u if u.prompt_tokens or u.completion_tokens else None)
                 return Embedding(backend.name, result)
             if isinstance(req, ChatRequest):
                 chunks = await backend.chat(req)

@@ -10,6 +10,22 @@ grow.
 
 Token counts are peeked from the backend's own final record (Ollama's prompt_eval_count and
 eval_count, OpenAI's usage); prompts and replies are never stored.
+
+When a call that reached a backend succeeded but the backend reported no counts at all (an
+OpenAI-compatible stream whose client did not ask for ``include_usage``, a server that never
+reports usage, Ollama's legacy ``/api/embeddings``), the row holds an estimate instead and
+``tokens_estimated`` is set. The estimate costs the request path next to nothing: no reply is
+parsed while it streams.
+
+- prompt tokens: request body bytes / 4, rounded up (the JSON framing and options count too);
+- completion tokens, streamed as-is (passthrough): one token per record relayed (SSE event or
+  NDJSON line), less the records that carry no text: three for an OpenAI chat stream (the
+  opening role record, the closing finish record, ``[DONE]``), two for a completion stream, one
+  for an Ollama stream. Servers stream about one token per record;
+- completion tokens, translated or whole (non-stream) replies: characters of the reply's text
+  (and thinking) / 4, rounded up; embeddings: 0.
+
+Metrics and limits see only the backend's own counts; the estimate is for the request log.
 """
 
 from __future__ import annotations
@@ -51,6 +67,62 @@ class _OpenAIEnvelope(msgspec.Struct):
 _ollama_dec = msgspec.json.Decoder(_OllamaCounts)
 _openai_dec = msgspec.json.Decoder(_OpenAIEnvelope)
 
+# The estimate used when a backend reports no token counts (see the module docstring).
+BYTES_PER_TOKEN = 4
+# Records of a stream that carry no text: (dialect, endpoint) -> how many.
+_FRAMING_RECORDS = {("openai", "chat"): 3, ("openai", "completion"): 2}
+
+
+class _Message(msgspec.Struct):
+    content: str | None = None
+    thinking: str | None = None
+    reasoning_content: str | None = None
+
+
+class _Choice(msgspec.Struct):
+    message: _Message | None = None
+    text: str | None = None
+
+
+class _Reply(msgspec.Struct):
+    """The text of a whole reply in either dialect (Ollama chat/generate, OpenAI choices)."""
+
+    message: _Message | None = None
+    response: str | None = None
+    thinking: str | None = None
+    choices: list[_Choice] = msgspec.field(default_factory=list)
+
+
+_reply_dec = msgspec.json.Decoder(_Reply)
+
+
+def estimate_tokens(chars: int) -> int:
+    """Tokens in ``chars`` characters (or bytes) of text: 4 a token, rounded up."""
+    return -(-chars // BYTES_PER_TOKEN)
+
+
+def _message_chars(m: _Message | None) -> int:
+    if m is None:
+        return 0
+    return len(m.content or "") + len(m.thinking or "") + len(m.reasoning_content or "")
+
+
+def reply_chars(body: bytes) -> int:
+    """Characters of text in a whole (non-stream) reply; the body's size if it is not one."""
+    try:
+        r = _reply_dec.decode(body)
+    except msgspec.DecodeError:
+        return len(body)
+    n = _message_chars(r.message) + len(r.response or "") + len(r.thinking or "")
+    for c in r.choices:
+        n += _message_chars(c.message) + len(c.text or "")
+    return n
+
+
+def records_estimate(dialect: str, endpoint: str, records: int) -> int:
+    """Completion tokens of a relayed stream of ``records`` records: one a record, less framing."""
+    return max(0, records - _FRAMING_RECORDS.get((dialect, endpoint), 1))
+
 
 def peek_usage(dialect: str, record: bytes) -> tuple[int | None, int | None]:
     """Token counts from the last NDJSON line / SSE event / whole body a backend sent."""
@@ -88,6 +160,8 @@ class Trace:
         "endpoint",
         "key_id",
         "model",
+        "reply_estimate",
+        "request_bytes",
         "reservation",
         "served_model",
         "stream",
@@ -119,6 +193,10 @@ class Trace:
         self.served_model: str | None = None
         self.done = False
         self.reservation: Reservation | None = None  # released with the backend's count at the end
+        # For the estimate when the backend reports no counts: the request body's size, and the
+        # completion tokens the relaying code estimated from what it sent on.
+        self.request_bytes = 0
+        self.reply_estimate = 0
 
     @property
     def ttft_ms(self) -> float | None:
@@ -147,6 +225,12 @@ class Trace:
         metrics = self._log.metrics
         if metrics is not None:
             metrics.observe(self, status, error, tokens, duration)
+        estimated = False
+        if tokens == (None, None) and status == 200 and error is None and self.backend is not None:
+            # Reached a backend, succeeded, no counts: the request log gets an estimate.
+            reply = 0 if self.endpoint == "embed" else self.reply_estimate
+            tokens = (estimate_tokens(self.request_bytes), reply)
+            estimated = True
         # In REQUEST_COLUMNS order (store/schema.py).
         self._log.add(
             (
@@ -166,6 +250,8 @@ class Trace:
                 error,
                 self.tenant,
                 self.key_id,
+                0.0,  # queue_wait_ms: no queue until the scheduler (issue 4)
+                estimated,
             )
         )
 

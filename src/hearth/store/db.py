@@ -1,7 +1,10 @@
 """The storage interface: SQL lives here in named methods, never in handlers.
 
 SQLite (the embedded default, a file in the data directory) runs in WAL mode with one writer;
-PostgreSQL takes the same calls through SQLAlchemy Core. Calls are synchronous and short.
+PostgreSQL (``store.url: postgresql+psycopg://...``; a plain ``postgresql://`` URL gets the
+psycopg 3 driver too) takes the same calls through SQLAlchemy Core and the same migrations.
+Calls are synchronous and short; on PostgreSQL every one of them waits on the network, so
+callers on the event loop run them in a thread (the request log does, see ``inline_writes``).
 
 Writes of the request log are the exception to "run it in a thread": measured under load, a
 writer thread gets so little of the GIL next to a busy event loop that a 10k-row batch took
@@ -9,12 +12,19 @@ seconds and rows piled up in memory (bench/README.md). For SQLite the log instea
 batches of tuples on the loop through one raw connection (~5 us a row) with automatic
 checkpoints off; ``checkpoint()``, the only step that waits on fsync, runs in a thread.
 Migrations (Alembic) run only when asked: ``hearth migrate`` and ``hearth serve`` start-up.
+
+Keys changed by another process: SQLite's ``data_version()`` is asked before each lookup (a
+pragma, no I/O when nothing changed). PostgreSQL has no such pragma, so a trigger (migration
+0004) NOTIFYs ``hearth_keys`` on every change to ``api_keys`` and ``watch_keys()`` LISTENs on
+one dedicated psycopg connection of its own (gateway/auth.py reloads its key table off the loop).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +32,13 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
-from hearth.store.schema import REQUEST_COLUMNS, api_keys, requests, tenants
+from hearth.store.schema import REQUEST_COLUMNS, USAGE_GROUPS, api_keys, requests, tenants
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# The channel migration 0004's trigger NOTIFYs on every statement that changes api_keys.
+KEYS_CHANNEL = "hearth_keys"
+
+log = logging.getLogger("hearth.store")
 
 
 def sqlite_url(data_dir: Path) -> str:
@@ -54,7 +68,11 @@ class Store:
             )
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
-            self.engine = sa.create_engine(url, pool_pre_ping=True)
+            target = sa.make_url(url)
+            if target.drivername in ("postgresql", "postgres"):
+                target = target.set(drivername="postgresql+psycopg")  # psycopg 3, not psycopg2
+            self.engine = sa.create_engine(target, pool_pre_ping=True)
+        self.is_postgres = self.engine.dialect.name == "postgresql"
         self._writer: Any = None  # the raw DBAPI connection of the SQLite request-log writer
         self._watch: Any = None  # the connection that asks SQLite's data_version
 
@@ -121,12 +139,15 @@ class Store:
 
     def ensure_tenant(self, name: str) -> bool:
         """Create the tenant if it does not exist; True if it was created."""
-        with self.engine.begin() as conn:
-            found = conn.execute(sa.select(tenants.c.name).where(tenants.c.name == name)).first()
-            if found is not None:
-                return False
-            conn.execute(tenants.insert().values(name=name, created_at=time.time()))
-            return True
+        try:
+            with self.engine.begin() as conn:
+                found = conn.execute(sa.select(tenants.c.name).where(tenants.c.name == name)).first()
+                if found is not None:
+                    return False
+                conn.execute(tenants.insert().values(name=name, created_at=time.time()))
+                return True
+        except sa.exc.IntegrityError:
+            return False  # another process created it between the two statements
 
     def list_tenants(self) -> list[dict[str, Any]]:
         query = sa.select(tenants).order_by(tenants.c.name)
@@ -168,7 +189,8 @@ class Store:
 
     def data_version(self) -> int | None:
         """Changes whenever another connection (another process too) commits to the database:
-        a cheap way to notice keys created or revoked by the CLI. None if unsupported."""
+        a cheap way to notice keys created or revoked by the CLI. None if unsupported (PostgreSQL
+        pushes key changes instead: ``watch_keys``)."""
         if not self.is_sqlite:
             return None
         if self._watch is None:
@@ -180,6 +202,45 @@ class Store:
         finally:
             cur.close()
 
+    @property
+    def pushes_key_changes(self) -> bool:
+        """True when ``watch_keys`` works: the database tells Hearth about key changes."""
+        return self.is_postgres
+
+    async def watch_keys(self, changed: Callable[[], None], *, max_retry: float = 5.0) -> None:
+        """PostgreSQL: call ``changed()`` after every commit that touched ``api_keys``, by any
+        process, until cancelled. Also once as soon as it listens, and again after each
+        reconnect, since notifications sent while no one listened are lost: the caller then
+        rereads what it caches. ``changed`` runs on the loop and must be quick.
+
+        One dedicated connection LISTENs (never the pool: it must stay open). A dropped
+        connection is retried with backoff up to ``max_retry`` seconds; TCP keepalives notice a
+        silently dead peer within about a minute (Unix sockets notice at once).
+        """
+        import psycopg
+
+        if not self.is_postgres:
+            raise NotImplementedError("watch_keys needs PostgreSQL")
+        _, params = self.engine.dialect.create_connect_args(self.engine.url)
+        params.pop("context", None)  # SQLAlchemy's type adapters: not needed to LISTEN
+        # TCP keepalives: a dead peer is noticed in about a minute; the URL's own settings win.
+        for key, value in {"keepalives": 1, "idle": 30, "interval": 10, "count": 3}.items():
+            params.setdefault(key if key == "keepalives" else f"keepalives_{key}", value)
+        delay = 0.1
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(autocommit=True, **params)
+                async with conn:
+                    await conn.execute(f"LISTEN {KEYS_CHANNEL}")
+                    delay = 0.1
+                    changed()
+                    async for _ in conn.notifies():
+                        changed()
+            except Exception as exc:  # psycopg.Error mostly; whatever it is, listen again
+                log.warning("key-change listener: %s; reconnecting in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, max_retry)
+
     def close(self) -> None:
         if self._watch is not None:
             self._watch.close()
@@ -188,3 +249,68 @@ class Store:
             self._writer.close()
             self._writer = None
         self.engine.dispose()
+
+    # -- usage -------------------------------------------------------------------------------
+
+    def usage_summary(self, since: float, by: str, tenant: str | None = None) -> list[dict[str, Any]]:
+        """Model calls since ``since`` (epoch seconds) per group, the column named by ``by``
+        (tenant | model | backend | served_model), busiest first.
+
+        Each group holds requests, errors (HTTP status >= 400, or an error after the reply
+        started), prompt and completion tokens, ``estimated`` (calls whose counts are estimates),
+        mean duration and busy seconds (duration less queue wait), and ``parts``: the same sums
+        per (backend, served_model), which is what pricing needs (gateway/usage.py). ``tenant``
+        keeps only that tenant's calls and its sub-tenants' ("t" and "t/...")."""
+        if by not in USAGE_GROUPS:
+            raise ValueError(f"cannot group usage by {by!r}")
+        r = requests.c
+        busy = r.duration_ms - sa.func.coalesce(r.queue_wait_ms, 0.0)
+        query = (
+            sa.select(
+                r[by].label("group"),
+                r.backend,
+                r.served_model,
+                sa.func.count().label("requests"),
+                sa.func.sum(sa.case((sa.or_(r.status >= 400, r.error.is_not(None)), 1), else_=0)).label(
+                    "errors"
+                ),
+                sa.func.sum(sa.func.coalesce(r.prompt_tokens, 0)).label("prompt_tokens"),
+                sa.func.sum(sa.func.coalesce(r.completion_tokens, 0)).label("completion_tokens"),
+                sa.func.sum(sa.case((r.tokens_estimated, 1), else_=0)).label("estimated"),
+                sa.func.sum(r.duration_ms).label("duration_ms"),
+                sa.func.sum(busy).label("busy_ms"),
+            )
+            .where(r.ts >= since)
+            .group_by(r[by], r.backend, r.served_model)
+        )
+        if tenant is not None:
+            mine = sa.or_(r.tenant == tenant, r.tenant.startswith(f"{tenant}/", autoescape=True))
+            query = query.where(mine)
+        groups: dict[str | None, dict[str, Any]] = {}
+        with self.engine.connect() as conn:
+            for row in conn.execute(query):
+                part = {
+                    "backend": row.backend,
+                    "served_model": row.served_model,
+                    "requests": int(row.requests),
+                    "errors": int(row.errors or 0),
+                    "prompt_tokens": int(row.prompt_tokens or 0),
+                    "completion_tokens": int(row.completion_tokens or 0),
+                    "estimated": int(row.estimated or 0),
+                    "duration_ms": float(row.duration_ms or 0.0),
+                    "busy_s": float(row.busy_ms or 0.0) / 1000,
+                }
+                g = groups.get(row.group)
+                if g is None:
+                    g = groups[row.group] = {"group": row.group, "parts": []}
+                g["parts"].append(part)
+        out = []
+        for g in groups.values():
+            parts = g["parts"]
+            for key in ("requests", "errors", "prompt_tokens", "completion_tokens", "estimated"):
+                g[key] = sum(p[key] for p in parts)
+            g["mean_duration_ms"] = sum(p.pop("duration_ms") for p in parts) / g["requests"]
+            g["busy_s"] = sum(p["busy_s"] for p in parts)
+            out.append(g)
+        out.sort(key=lambda g: (-g["requests"], str(g["group"])))
+        return out

@@ -30,6 +30,12 @@ requests = sa.Table(
     sa.Column("error", sa.Text),
     sa.Column("tenant", sa.String(128)),  # "<tenant>/<person>" for sub-tenants
     sa.Column("key_id", sa.String(16)),  # None for trusted networks
+    # Time waiting for a backend slot before the call was sent: always 0 until the scheduler
+    # (issue 4) brings a queue.
+    sa.Column("queue_wait_ms", sa.Float),
+    # The backend reported no token counts, so prompt_tokens/completion_tokens are Hearth's
+    # estimate (gateway/records.py says how).
+    sa.Column("tokens_estimated", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 
 tenants = sa.Table(
@@ -54,3 +60,6 @@ api_keys = sa.Table(
 
 # Column order of the tuples the request log hands to Store.insert_requests.
 REQUEST_COLUMNS = tuple(c.name for c in requests.columns if c.name != "id")
+
+# The columns usage can be grouped by (Store.usage_summary).
+USAGE_GROUPS = ("tenant", "model", "backend", "served_model")
