@@ -105,20 +105,28 @@ def stream_error(exc: BaseException, dialect: Dialect) -> bytes:
 async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
     """Run ``work`` but cancel it if the client disconnects first (the body is already read,
     so the next ASGI message can only be http.disconnect). Cancelling the upstream call closes
-    its connection, which makes Ollama stop generating."""
-    task: asyncio.Future[T] = asyncio.ensure_future(work)
+    its connection, which makes Ollama stop generating.
+
+    The work runs in the caller's task and only the watcher gets a task of its own: one task
+    per request instead of two plus asyncio.wait, which showed in profiles."""
+    current = asyncio.current_task()
+    assert current is not None
+    gone = False
 
     async def watch() -> None:
+        nonlocal gone
         while (await request.receive())["type"] != "http.disconnect":
             pass
+        gone = True
+        current.cancel()
 
     watcher = asyncio.ensure_future(watch())
     try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if not gone:
+            raise  # cancelled from outside (shutdown): not ours to swallow
+        current.uncancel()
+        raise ClientCancelled("client disconnected") from None
     finally:
-        if not task.done():
-            task.cancel()
         watcher.cancel()
-    if task.cancelled() or not task.done():
-        raise ClientCancelled("client disconnected")
-    return task.result()

@@ -75,6 +75,7 @@ class Store:
         self.is_postgres = self.engine.dialect.name == "postgresql"
         self._writer: Any = None  # the raw DBAPI connection of the SQLite request-log writer
         self._watch: Any = None  # the connection that asks SQLite's data_version
+        self._watch_db: Any = None  # its sqlite3.Connection
 
     def migrate(self) -> None:
         cfg = Config()
@@ -195,12 +196,10 @@ class Store:
             return None
         if self._watch is None:
             self._watch = self.engine.raw_connection()
-        cur = self._watch.cursor()
-        try:
-            cur.execute("PRAGMA data_version")
-            return int(cur.fetchone()[0])
-        finally:
-            cur.close()
+            # Asked on every request: talk to sqlite3 directly, not through the pool's proxy.
+            self._watch_db = self._watch.dbapi_connection
+        row = self._watch_db.execute("PRAGMA data_version").fetchone()
+        return int(row[0])
 
     @property
     def pushes_key_changes(self) -> bool:
