@@ -98,6 +98,9 @@ class Authenticator:
         self.settings = settings
         self.store = store
         self._keys: dict[str, tuple[str, str]] = {}  # id -> (tenant, hash)
+        self._valid: dict[str, tuple[str, str]] = {}  # token -> (tenant, id), for the table in _keys
+        self._principals: dict[tuple[str, str | None], Principal] = {}
+        self._trusted_hosts: dict[str, str | None] = {}
         self._version: int | None = None
         self._loaded = False
         # PostgreSQL, once start()ed: the table is kept fresh by _watch, never read on the loop.
@@ -129,6 +132,7 @@ class Authenticator:
     async def _reload(self) -> None:
         keys = await asyncio.to_thread(self.store.active_keys)
         self._keys = {kid: (tenant, h) for kid, tenant, h in keys}
+        self._valid = {}  # proven against the old table: prove again (revocations)
         self._loaded = True
 
     async def _watch(self, stale: asyncio.Event) -> None:
@@ -156,6 +160,7 @@ class Authenticator:
         version = self.store.data_version()
         if not self._loaded or version is None or version != self._version:
             self._keys = {kid: (tenant, h) for kid, tenant, h in self.store.active_keys()}
+            self._valid = {}  # proven against the old table: prove again (revocations)
             self._version = version
             self._loaded = True
         return self._keys
@@ -165,47 +170,60 @@ class Authenticator:
     ) -> Principal:
         token = bearer(authorization)
         key_id: str | None = None
-        trusted = self._trusted(client_host)
-        if token is not None and (trusted is None or token.startswith(KEY_PREFIX)):
-            tenant = self._check_key(token)
-            key_id = token[len(KEY_PREFIX) :].split("_", 1)[0]
-        elif trusted is not None:
+        if token is not None and token.startswith(KEY_PREFIX):
+            tenant, key_id = self._check_key(token)
+        else:
+            trusted = self._trusted(client_host)
+            if trusted is None:
+                if token is not None:
+                    raise Unauthorized("invalid API key")
+                raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
             # Clients that insist on sending some key (the openai SDK, Open WebUI) still work
             # from a trusted network; a Hearth key, though, is always checked.
             tenant = trusted
-        else:
-            raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
         policy = self.settings.tenants.get(tenant, self.settings.tenant_defaults)
-        name = tenant
-        if policy.user_header:
-            person = headers.get(policy.user_header.lower())
-            if person:
-                name = f"{tenant}/{person.strip()[:100]}"
-        return Principal(tenant, name, key_id, policy)
+        person = headers.get(policy.user_header.lower()) if policy.user_header else None
+        name = f"{tenant}/{person.strip()[:100]}" if person else tenant
+        cache_key = (name, key_id)
+        found = self._principals.get(cache_key)
+        if found is None or found.tenant != tenant:
+            if len(self._principals) > 10_000:  # person names come from a header: stay bounded
+                self._principals.clear()
+            found = self._principals[cache_key] = Principal(tenant, name, key_id, policy)
+        return found
 
-    def _check_key(self, token: str) -> str:
-        bad = Unauthorized("invalid API key")
-        if not token.startswith(KEY_PREFIX):
-            raise bad
+    def _check_key(self, token: str) -> tuple[str, str]:
+        """(tenant, key id) of a valid key. Tokens already proven valid against the current key
+        table are remembered (the table reloading forgets them), so the hash runs once a key."""
+        keys = self._keys_now()
+        known = self._valid.get(token)
+        if known is not None:
+            return known
         key_id = token[len(KEY_PREFIX) :].split("_", 1)[0]
-        entry = self._keys_now().get(key_id)
+        entry = keys.get(key_id)
         # Compare even when the id is unknown, so timing says nothing about which part was wrong.
         expected = entry[1] if entry is not None else "0" * 64
         if not hmac.compare_digest(hash_key(token), expected) or entry is None:
-            raise bad
-        return entry[0]
+            raise Unauthorized("invalid API key")
+        if len(self._valid) > 10_000:
+            self._valid.clear()
+        self._valid[token] = (entry[0], key_id)
+        return entry[0], key_id
 
     def _trusted(self, host: str | None) -> str | None:
         if host is None or not self._networks:
             return None
+        if host in self._trusted_hosts:
+            return self._trusted_hosts[host]
         try:
             ip = ipaddress.ip_address(host)
         except ValueError:
             return None
-        for net, tenant in self._networks:
-            if ip in net:
-                return tenant
-        return None
+        found = next((tenant for net, tenant in self._networks if ip in net), None)
+        if len(self._trusted_hosts) > 10_000:
+            self._trusted_hosts.clear()
+        self._trusted_hosts[host] = found
+        return found
 
     def create_key(self, tenant: str, label: str | None = None) -> tuple[str, str]:
         """A new key for ``tenant`` (created with default policy if new): (id, key)."""
