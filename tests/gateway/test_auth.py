@@ -162,6 +162,11 @@ def test_a_tenant_sees_and_uses_only_its_models(env: Any, clients: Any) -> None:
     with pytest.raises(ollama.ResponseError) as err:
         client.chat(model="llama3.1:8b", messages=MSG, stream=False)
     assert err.value.status_code == 404
+    client.chat(model="qwen2.5-coder:14b", messages=MSG, stream=False)
+    clients(hearth.url, new_key(settings, "family")).chat(model="llama3.1:8b", messages=MSG, stream=False)
+    everyone = clients(hearth.url, new_key(settings, "ops")).ps().models
+    assert {m.model for m in everyone} == {"qwen2.5-coder:14b", "llama3.1:8b"}  # both loaded
+    assert [m.model for m in client.ps().models] == ["qwen2.5-coder:14b"]
     with pytest.raises(openai.NotFoundError):
         oai.chat.completions.create(model="llama3.1:8b", messages=MSG)  # type: ignore[arg-type]
 
