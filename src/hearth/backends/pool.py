@@ -12,7 +12,6 @@ The breaker is a few lines of state rather than a library: pybreaker and aiobrea
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Iterable
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from hearth import background
 from hearth.backends.base import Backend, LoadedModel, ModelInfo
 from hearth.backends.ollama import OllamaBackend
 from hearth.backends.openai_compat import OpenAIBackend
@@ -185,11 +185,8 @@ class Pool:
         self._task = asyncio.create_task(self._loop(), name="hearth-discovery")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await background.stop(self._task)
+        self._task = None
 
     def candidates(self, model: str) -> list[BackendState]:
         """Backends that can take ``model`` now: loaded first, then fewest in flight, local first."""

@@ -42,6 +42,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from hearth import background
 from hearth.backends.pool import canonical_name
 from hearth.errors import Unauthorized
 from hearth.settings import Settings, TenantSettings
@@ -122,11 +123,8 @@ class Authenticator:
         self._task = asyncio.create_task(self._watch(asyncio.Event()), name="hearth-keys-watch")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await background.stop(self._task)
+        self._task = None
         self._watching = False
 
     async def _reload(self) -> None:

@@ -31,7 +31,6 @@ Metrics and limits see only the backend's own counts; the estimate is for the re
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sqlite3
 import time
@@ -40,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import sqlalchemy.exc
 
+from hearth import background
 from hearth.protocol.canonical import Usage
 from hearth.store.db import Store
 
@@ -331,9 +331,6 @@ class RequestLog:
             self._task = asyncio.create_task(self._loop(), name="hearth-request-log")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await background.stop(self._task)
+        self._task = None
         await self.flush()
