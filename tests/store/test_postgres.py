@@ -5,17 +5,12 @@ another process reaching a running Hearth on PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
-import itertools
-import shutil
-import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 import sqlalchemy as sa
 from alembic.config import Config
@@ -35,32 +30,6 @@ DAY = 86400.0
 # What gateway/auth.py promises for PostgreSQL: a change is seen within milliseconds; the tests
 # allow a second.
 PROPAGATION = 1.0
-_databases = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[str]:
-    """A real PostgreSQL server in a temporary directory, for this module; its libpq URI."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # platformdirs: "XDG_RUNTIME_DIR is not set", at import
-        import pgserver
-    root = Path(tempfile.mkdtemp(prefix="hearth-pg-"))
-    server = pgserver.get_server(root / "data", cleanup_mode="delete")
-    try:
-        yield server.get_uri()
-    finally:
-        server.cleanup()
-        shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture
-def pg_url(pg_server: str) -> str:
-    """A new, empty database on the module's server, as a SQLAlchemy URL."""
-    name = f"hearth_{next(_databases)}"
-    with psycopg.connect(pg_server, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = sa.make_url(pg_server).set(drivername="postgresql+psycopg", database=name)
-    return url.render_as_string(hide_password=False)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
