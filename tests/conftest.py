@@ -187,3 +187,18 @@ def pg_url(pg_server: str) -> str:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = sa.make_url(pg_server).set(drivername="postgresql+psycopg", database=name)
     return url.render_as_string(hide_password=False)
+
+
+# A tool in the wire shape both Ollama and OpenAI clients send; the fakes call it when offered.
+WEATHER_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"query": {"type": "string", "description": "the city"}},
+            "required": ["query"],
+        },
+    },
+}

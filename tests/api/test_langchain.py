@@ -10,26 +10,13 @@ from typing import Any
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_ollama import ChatOllama
-from tests.conftest import LiveHearth, make_settings
+from tests.conftest import WEATHER_TOOL, LiveHearth, make_settings
 from tests.fakes import FakeOllama, FakeOpenAI, plan_chat
 from tests.fakes.replies import messages_prompt_tokens
 
 LLAMA = "llama3.1:8b"
 GPT = "gpt-4o-mini"
 MODELS = [pytest.param(LLAMA, id="ollama-backend"), pytest.param(GPT, id="openai-backend")]
-
-WEATHER_TOOL: dict[str, Any] = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"query": {"type": "string", "description": "the city"}},
-            "required": ["query"],
-        },
-    },
-}
 
 
 class Env:

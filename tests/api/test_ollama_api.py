@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import ollama
 import pytest
-from tests.conftest import LiveHearth, make_settings
+from tests.conftest import WEATHER_TOOL, LiveHearth, make_settings
 from tests.fakes import FakeOllama, FakeOpenAI, fake_embedding, json_reply_pieces, plan_chat, plan_completion
 from tests.fakes.replies import count_words, messages_prompt_tokens
 
@@ -33,18 +33,6 @@ OAI_EMBED = "text-embedding-3-small"  # on "cloud" only
 CHAT_MODELS = [pytest.param(LLAMA, id="ollama-backend"), pytest.param(GPT, id="openai-backend")]
 EMBED_MODELS = [pytest.param(NOMIC, id="ollama-backend"), pytest.param(OAI_EMBED, id="openai-backend")]
 
-WEATHER_TOOL: dict[str, Any] = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"query": {"type": "string", "description": "the city"}},
-            "required": ["query"],
-        },
-    },
-}
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {"echo": {"type": "string"}},

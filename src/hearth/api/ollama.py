@@ -15,11 +15,9 @@ from hearth.api.auth import principal_of
 from hearth.api.common import (
     NDJSON_TYPE,
     cancel_on_disconnect,
-    decode_object,
     error_response,
     json_body,
     json_response,
-    read_body,
     stream_error,
 )
 from hearth.errors import BadRequest, Forbidden, HearthError, ModelNotFound
@@ -272,6 +270,3 @@ def _synthetic_show(model: str) -> dict[str, Any]:
         "capabilities": ["completion", "tools"],
         "modified_at": "1970-01-01T00:00:00Z",
     }
-
-
-__all__ = ["OllamaAPI", "decode_object", "read_body"]

@@ -127,8 +127,6 @@ class QuotaStore(Protocol):
     def release(self, name: str, hold: str, estimate: int, tokens: int, when: Period) -> None:
         """Give back a hold and charge ``tokens`` (called synchronously at a request's end)."""
 
-    async def usage(self, name: str, when: Period) -> dict[str, int]: ...
-
     async def close(self) -> None: ...
 
 
@@ -175,18 +173,6 @@ class MemoryQuotas:
         if tokens:
             self.used[(name, when[0])] += tokens
             self.used[(name, when[1])] += tokens
-
-    async def usage(self, name: str, when: Period) -> dict[str, int]:
-        return self.snapshot(name, when)
-
-    def snapshot(self, name: str, when: Period) -> dict[str, int]:
-        live = self.live[name]
-        return {
-            "today": self.used[(name, when[0])],
-            "this_month": self.used[(name, when[1])],
-            "reserved": live.reserved,
-            "in_flight": live.in_flight,
-        }
 
     async def close(self) -> None:
         pass
@@ -254,13 +240,6 @@ return 0
 """
 
 # KEYS: inflight, reserved, holds, used:<day>, used:<month>
-_USAGE = (
-    _PRUNE
-    + """
-return redis.call('MGET', KEYS[4], KEYS[5], KEYS[2], KEYS[1])
-"""
-)
-
 _REFUSALS: dict[int, Literal["max_concurrent", "tokens_per_day", "tokens_per_month"]] = {
     1: "max_concurrent",
     2: "tokens_per_day",
@@ -290,7 +269,6 @@ class RedisQuotas:
         self.client = redis.asyncio.Redis(connection_pool=self.pool)
         self._admit = self.client.register_script(_ADMIT)
         self._settle = self.client.register_script(_SETTLE)
-        self._usage = self.client.register_script(_USAGE)
         self.errors: tuple[type[Exception], ...] = (redis.RedisError,)
         # Hold ids: unique across processes, cheap within one.
         self._hold_prefix = secrets.token_hex(6)
@@ -346,14 +324,6 @@ class RedisQuotas:
             int(when[3]) + _KEEP_AFTER_PERIOD,
         ]
         track(self._pending, asyncio.ensure_future(self._settle(keys=self._keys(name, when), args=args)))
-
-    async def usage(self, name: str, when: Period) -> dict[str, int]:
-        try:
-            values = await self._usage(keys=self._keys(name, when))
-        except self.errors as exc:
-            raise unavailable(exc) from exc
-        today, month, reserved, in_flight = (int(v or 0) for v in values)
-        return {"today": today, "this_month": month, "reserved": reserved, "in_flight": in_flight}
 
     async def close(self) -> None:
         await drain(self._pending)
@@ -500,17 +470,6 @@ class Limits:
                 self._pending,
                 asyncio.ensure_future(self._window.hit(self._item("tpm", r.policy_tpm), r.name, cost=excess)),
             )
-
-    def used(self, name: str) -> dict[str, int]:
-        """Today's and this month's totals, reserved tokens and requests in flight, from this
-        process's memory; with Redis, ``await usage(name)``."""
-        if not isinstance(self.quotas, MemoryQuotas):
-            raise TypeError("limits are kept in Redis: use `await Limits.usage(name)`")
-        return self.quotas.snapshot(name, self._calendar.at(time.time()))
-
-    async def usage(self, name: str) -> dict[str, int]:
-        """Like ``used``, from whichever store holds the limits."""
-        return await self.quotas.usage(name, self._calendar.at(time.time()))
 
     async def close(self) -> None:
         """Wait for pending settlements, then close the Redis connections if any."""

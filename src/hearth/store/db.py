@@ -41,10 +41,6 @@ KEYS_CHANNEL = "hearth_keys"
 log = logging.getLogger("hearth.store")
 
 
-def sqlite_url(data_dir: Path) -> str:
-    return f"sqlite:///{data_dir / 'hearth.db'}"
-
-
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
