@@ -29,6 +29,7 @@ from hearth.gateway.limits import Limits
 from hearth.gateway.manage import Manager
 from hearth.gateway.records import RequestLog
 from hearth.gateway.router import Router
+from hearth.gateway.scheduler import Scheduler
 from hearth.observability.metrics import Metrics
 from hearth.settings import Settings
 from hearth.store.db import Store
@@ -41,7 +42,8 @@ def create_app(settings: Settings) -> Starlette:
     pool = Pool(settings)
     store = Store(settings.store_url)
     registry = CollectorRegistry()  # per app: two apps in one process never share a series
-    metrics = Metrics(registry, pool, settings.aliases)
+    scheduler = Scheduler(settings, pool)
+    metrics = Metrics(registry, pool, settings.aliases, scheduler)
     records = RequestLog(
         store if settings.store.log_requests else None,
         settings.store.flush_interval,
@@ -50,13 +52,13 @@ def create_app(settings: Settings) -> Starlette:
     )
     metrics.watch(records)
     limits = Limits(settings.limits, store, settings.redis)
-    gateway = Gateway(pool, router, settings.routing.max_attempts, records, limits)
+    gateway = Gateway(pool, router, settings.routing.max_attempts, records, limits, scheduler)
     catalog = Catalog(pool, router)
     auth = Authenticator(settings, store)
     routes: list[BaseRoute] = [
         *OllamaAPI(settings, gateway, catalog, Manager(pool)).routes(),
         *OpenAIAPI(settings, gateway, catalog).routes(),
-        *AdminAPI(settings, pool, store, records, auth).routes(),
+        *AdminAPI(settings, pool, store, records, auth, scheduler).routes(),
         *UsageAPI(settings, store, records).routes(),
         *MetricsAPI(settings, registry).routes(),
     ]
@@ -98,4 +100,5 @@ def create_app(settings: Settings) -> Starlette:
     app.state.pool = pool
     app.state.records = records
     app.state.metrics = metrics
+    app.state.scheduler = scheduler
     return app

@@ -8,10 +8,12 @@
     +-- ModelNotFound           404  no backend serves the model, or the backend said so
     +-- PayloadTooLarge         413  body over the configured limit
     +-- RateLimited             429  a limit was hit; carries retry_after seconds
+    |   +-- QueueFull           429  too many of the tenant's requests wait already
     +-- ClientCancelled         499  the client went away
     +-- UpstreamError           the backend answered with an error status (status kept)
     |   +-- BackendUnavailable  503  connection refused, reset, timed out, circuit open, 503/429
     +-- NoBackend               503  every candidate failed or none is up
+    +-- QueueTimeout            503  waited the tenant's max_wait for a backend; carries retry_after
 
 Backends map their transport errors at the edge (``raise BackendUnavailable(...) from exc``);
 the gateway decides on retries by type, never by parsing messages.
@@ -69,6 +71,18 @@ class PayloadTooLarge(HearthError):
 class RateLimited(HearthError):
     status = 429
     openai_type = "rate_limit_error"
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class QueueFull(RateLimited):
+    pass
+
+
+class QueueTimeout(HearthError):
+    status = 503
 
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message)

@@ -59,6 +59,16 @@ class BackendSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # A cloud backend: off-limits to local-only tenants (issue 3) and tried after local ones.
     cloud: bool = False
     enabled: bool = True
+    # What the server can hold, for the scheduler (gateway/policy.py). Ollama: set these to the
+    # server's OLLAMA_NUM_PARALLEL and OLLAMA_MAX_LOADED_MODELS, and memory_gb to the RAM or VRAM
+    # it may fill (unset: only max_loaded_models limits what Hearth loads side by side).
+    num_parallel: int = 1
+    max_loaded_models: int = 3
+    memory_gb: float | None = None
+    keep_alive: float = 300.0  # seconds an idle model stays loaded (OLLAMA_KEEP_ALIVE)
+    # OpenAI-compatible servers: requests in flight at once (vLLM's max_num_seqs, a cloud's
+    # concurrency); None: unlimited, no queue.
+    max_concurrent: int | None = None
     # Set by the loader when api_key named an environment variable that is not set.
     disabled_reason: str | None = None
 
@@ -122,8 +132,39 @@ class TenantSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tokens_per_day: int | None = None  # calendar day, UTC
     tokens_per_month: int | None = None  # calendar month, UTC
     max_concurrent: int | None = None  # requests in flight at once
-    # interactive before batch in the scheduler's queues (issue 4); recorded now, used there.
+    # The scheduler (gateway/policy.py): interactive requests go before batch ones (until a
+    # batch request has waited scheduler.aging seconds); weight is the tenant's share when
+    # several wait for the same backend.
     priority: Literal["interactive", "batch"] = "interactive"
+    weight: float = 1.0
+    # Requests waiting for a backend: beyond max_queue a new one gets 429 at once; one that
+    # waited max_wait seconds gets 503. Both with Retry-After.
+    max_queue: int = 256
+    max_wait: float = 300.0
+
+
+class SchedulerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The fair, model-aware scheduler (gateway/policy.py explains the policy)."""
+
+    # A batch request that has waited this many seconds competes as an interactive one.
+    aging: float = 120.0
+    # How much a waiting batch request weighs against an interactive one when deciding to switch
+    # a backend to its model.
+    batch_weight: float = 0.25
+    # A model used this recently is likely wanted again: evicting it counts as a future reload.
+    recent: float = 60.0
+    # Load time estimate until one is observed: load_fixed + size / load_gbps.
+    load_fixed: float = 2.0
+    load_gbps: float = 2.0
+    # Requests waiting in all, across tenants.
+    max_queue: int = 1024
+
+    def __post_init__(self) -> None:
+        for name in ("aging", "recent", "load_fixed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: expected 0 or more seconds")
+        if self.load_gbps <= 0 or self.batch_weight <= 0 or self.max_queue <= 0:
+            raise ValueError("load_gbps, batch_weight and max_queue must be positive")
 
 
 class LimitSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -206,6 +247,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # The policy of tenants not in `tenants:` (created by `hearth keys create --tenant NEW`).
     tenant_defaults: TenantSettings = msgspec.field(default_factory=TenantSettings)
     limits: LimitSettings = msgspec.field(default_factory=LimitSettings)
+    scheduler: SchedulerSettings = msgspec.field(default_factory=SchedulerSettings)
     pricing: PricingSettings = msgspec.field(default_factory=PricingSettings)
     redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
 
@@ -344,6 +386,18 @@ def _check(s: Settings) -> None:
             raise ConfigError(f"invalid config: auth.trusted_networks.{cidr}: not a network ({exc})") from exc
         if not tenant:
             raise ConfigError(f"invalid config: auth.trusted_networks.{cidr}: name a tenant")
+    for i, b in enumerate(s.backends):
+        for key in ("num_parallel", "max_loaded_models", "memory_gb", "max_concurrent"):
+            value = getattr(b, key)
+            if value is not None and value <= 0:
+                raise ConfigError(f"invalid config: backends[{i}].{key}: expected a positive number")
+    for name, t in [*s.tenants.items(), ("tenant_defaults", s.tenant_defaults)]:
+        where = name if name == "tenant_defaults" else f"tenants.{name}"
+        for key in ("weight", "max_wait"):
+            if getattr(t, key) <= 0:
+                raise ConfigError(f"invalid config: {where}.{key}: expected a positive number")
+        if t.max_queue < 0:
+            raise ConfigError(f"invalid config: {where}.max_queue: expected 0 or more")
     for name, alias in s.aliases.items():
         if alias.model == name:
             raise ConfigError(f"invalid config: aliases.{name}.model: an alias cannot point at itself")

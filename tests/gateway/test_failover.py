@@ -171,10 +171,17 @@ def test_a_model_pulled_behind_hearths_back_is_found_without_waiting_for_discove
     assert reply.message.content == "echo: hello there"
 
 
+@pytest.fixture
+def two_loaded() -> Iterator[tuple[FakeOllama, FakeOllama]]:
+    """Both with the model loaded: the scheduler sends each request to the first, o0."""
+    with FakeOllama(models=[MODEL], loaded=[MODEL]) as a, FakeOllama(models=[MODEL], loaded=[MODEL]) as b:
+        yield a, b
+
+
 def test_circuit_breaker_opens_after_consecutive_failures(
-    live: Any, oc: Any, two: tuple[FakeOllama, FakeOllama]
+    live: Any, oc: Any, two_loaded: tuple[FakeOllama, FakeOllama]
 ) -> None:
-    a, b = two
+    a, b = two_loaded
     hearth = live(make_settings(backends(a, b), routing={"breaker": {"failures": 2, "cooldown": 3600}}))
     client = oc(hearth.url)
     a.drop_next(times=2)
@@ -189,9 +196,9 @@ def test_circuit_breaker_opens_after_consecutive_failures(
 
 
 def test_circuit_breaker_lets_one_probe_through_and_closes_on_success(
-    live: Any, oc: Any, two: tuple[FakeOllama, FakeOllama]
+    live: Any, oc: Any, two_loaded: tuple[FakeOllama, FakeOllama]
 ) -> None:
-    a, b = two
+    a, b = two_loaded
     # cooldown 0: the breaker is half-open as soon as it opens, so the next request is a probe.
     hearth = live(make_settings(backends(a, b), routing={"breaker": {"failures": 1, "cooldown": 0}}))
     client = oc(hearth.url)

@@ -20,8 +20,9 @@ MSG = [{"role": "user", "content": "hi"}]
 
 
 def settings_for(fake: FakeOllama, tenant: dict[str, Any], **extra: Any) -> Any:
+    # num_parallel: these tests hold every admitted request at the backend at once.
     return make_settings(
-        [{"name": "o", "kind": "ollama", "url": fake.url}],
+        [{"name": "o", "kind": "ollama", "url": fake.url, "num_parallel": 256}],
         tenants={"tests": {"admin": True, **tenant}},
         **extra,
     )

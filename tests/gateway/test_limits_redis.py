@@ -127,7 +127,8 @@ def pair(valkey: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair
                 cfg = tmp / f"{name}.yaml"
                 config = {
                     "server": {"data_dir": str(tmp / name), "log_level": "warning"},
-                    "backends": [{"name": "o", "kind": "ollama", "url": fake.url}],
+                    # num_parallel: every admitted request is held at the backend at once.
+                    "backends": [{"name": "o", "kind": "ollama", "url": fake.url, "num_parallel": 256}],
                     "auth": {"trusted_networks": {"127.0.0.0/8": "svc"}},
                     "tenants": {
                         "svc": {"tokens_per_day": quota, "rpm": 3, "max_concurrent": 1, "user_header": PERSON}

@@ -14,6 +14,7 @@ from tests.conftest import LiveHearth, eventually, hang_up_mid_stream, make_sett
 from tests.fakes import FakeOllama, FakeOpenAI, count_words, plan_chat, plan_completion
 
 from hearth.backends.pool import Pool
+from hearth.gateway.scheduler import Scheduler
 from hearth.gateway.records import RequestLog
 from hearth.observability.metrics import Metrics
 
@@ -172,7 +173,8 @@ def test_backend_gauges_are_read_from_the_pool_at_scrape_time(live: Any) -> None
         assert pick(s, "hearth_backend_loaded_model_bytes") == {("a", "llama3.1:8b"): size}
         assert pick(s, "hearth_backend_in_flight") == {("a",): 0, ("b",): 0}
         assert pick(s, "hearth_backend_breaker_open") == {("a",): 0, ("b",): 0}
-        assert pick(s, "hearth_queue_depth") == {("a",): 0, ("b",): 0}
+        assert pick(s, "hearth_queue_depth") == {}  # by model, only while some wait
+        assert pick(s, "hearth_model_loads_total") == {("a",): 0, ("b",): 0}
         assert pick(s, "hearth_request_log_dropped_total") == {(): 0}
         assert total(s, "process_resident_memory_bytes") > 0  # the process collector is there
 
@@ -275,7 +277,9 @@ def test_sub_tenants_count_under_their_tenant_and_apps_do_not_share_series() -> 
     texts = []
     for tenant in ("svc/alice@example.org", "other-app"):
         registry = CollectorRegistry()
-        records = RequestLog(None, 1.0, 10, metrics=Metrics(registry, Pool(settings), settings.aliases))
+        pool = Pool(settings)
+        metrics = Metrics(registry, pool, settings.aliases, Scheduler(settings, pool))
+        records = RequestLog(None, 1.0, 10, metrics=metrics)
         trace = records.trace("openai", "chat", "x", False, tenant=tenant)
         trace.first_byte()
         trace.finish(200, tokens=(3, 4))

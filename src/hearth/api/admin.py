@@ -16,15 +16,23 @@ from hearth.backends.pool import Pool
 from hearth.errors import BadRequest, HearthError
 from hearth.gateway.auth import Authenticator
 from hearth.gateway.records import RequestLog
+from hearth.gateway.scheduler import Scheduler
 from hearth.settings import Settings
 from hearth.store.db import Store
 
 
 class AdminAPI:
     def __init__(
-        self, settings: Settings, pool: Pool, store: Store, records: RequestLog, auth: Authenticator
+        self,
+        settings: Settings,
+        pool: Pool,
+        store: Store,
+        records: RequestLog,
+        auth: Authenticator,
+        scheduler: Scheduler,
     ) -> None:
         self.settings = settings
+        self.scheduler = scheduler
         self.auth = auth
         self.key = settings.server.admin_key or None
         self.pool = pool
@@ -34,6 +42,7 @@ class AdminAPI:
     def routes(self) -> list[Route]:
         return [
             Route("/admin/backends", self.backends, methods=["GET"]),
+            Route("/admin/queue", self.queue, methods=["GET"]),
             Route("/admin/requests", self.requests, methods=["GET"]),
             Route("/admin/usage", self.usage, methods=["GET"]),
             Route("/admin/tenants", self.tenants, methods=["GET"]),
@@ -44,6 +53,15 @@ class AdminAPI:
 
     def _authorize(self, request: Request) -> None:
         require_admin(request, self.key)
+
+    async def queue(self, request: Request) -> Response:
+        """The scheduler's view: each backend's models with their slots in use, and every waiting
+        request with its position, in the order the scheduler will grant them."""
+        try:
+            self._authorize(request)
+        except HearthError as exc:
+            return error_response(exc, "openai")
+        return json_response(self.scheduler.snapshot())
 
     async def tenants(self, request: Request) -> Response:
         """Tenants from the config file and the store, with their policies."""

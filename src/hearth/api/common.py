@@ -12,7 +12,7 @@ import msgspec
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from hearth.errors import BadRequest, ClientCancelled, HearthError, PayloadTooLarge, RateLimited
+from hearth.errors import BadRequest, ClientCancelled, HearthError, PayloadTooLarge
 
 log = logging.getLogger("hearth.api")
 T = TypeVar("T")
@@ -89,8 +89,9 @@ def _openai_code(exc: HearthError) -> str | None:
 
 def error_response(exc: HearthError, dialect: Dialect) -> Response:
     headers = None
-    if isinstance(exc, RateLimited):
-        headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
+    retry_after = getattr(exc, "retry_after", None)  # RateLimited, QueueTimeout
+    if retry_after is not None:
+        headers = {"Retry-After": str(max(1, round(retry_after)))}
     status = exc.status if 400 <= exc.status <= 599 or exc.status == 499 else 502
     return json_response(error_body(exc, dialect), status, headers)
 

@@ -124,23 +124,25 @@ class OllamaAPI:
 
     def _stream(self, out: Any, endpoint: Endpoint) -> Response:
         if isinstance(out, Passthrough):
-            return StreamingResponse(ndjson_passthrough(out), headers=_NDJSON_HEADERS)
+            return StreamingResponse(ndjson_passthrough(out), headers={**_NDJSON_HEADERS, **out.headers})
         assert isinstance(out, ChunkStream)
         encode = wire.encode_chat_chunk if endpoint is Endpoint.CHAT else wire.encode_generate_chunk
-        return StreamingResponse(ndjson_chunks(out.chunks, encode, out.meta.model), headers=_NDJSON_HEADERS)
+        return StreamingResponse(
+            ndjson_chunks(out.chunks, encode, out.meta.model), headers={**_NDJSON_HEADERS, **out.meta.headers}
+        )
 
     async def _whole(self, call: Call) -> Response:
         out = await self.gateway.dispatch(call)
         if isinstance(out, Passthrough):
-            return Response(await out.read(), media_type=out.raw.content_type)
+            return Response(await out.read(), media_type=out.raw.content_type, headers=out.headers)
         if isinstance(out, Embedding):
             if call.path == "/api/embeddings":
-                return json_response(wire.encode_embeddings_result(out.result))
-            return json_response(wire.encode_embed_result(out.result))
+                return json_response(wire.encode_embeddings_result(out.result), headers=out.headers)
+            return json_response(wire.encode_embed_result(out.result), headers=out.headers)
         chunks = [c async for c in out.chunks]
         merged = merge_chunks(chunks)
         encode = wire.encode_chat_chunk if call.endpoint is Endpoint.CHAT else wire.encode_generate_chunk
-        return json_response(encode(merged, out.meta.model, wire.now_iso()))
+        return json_response(encode(merged, out.meta.model, wire.now_iso()), headers=out.meta.headers)
 
     # -- passed to the backend that serves the model ----------------------------------------
 

@@ -105,23 +105,23 @@ class OpenAIAPI:
 
     def _stream(self, out: Any, call: Call) -> Response:
         if isinstance(out, Passthrough):
-            return StreamingResponse(sse_passthrough(out), headers=_SSE_HEADERS)
+            return StreamingResponse(sse_passthrough(out), headers={**_SSE_HEADERS, **out.headers})
         assert isinstance(out, ChunkStream)
         kind: Literal["chat", "completion"] = "chat" if call.endpoint is Endpoint.CHAT else "completion"
         include_usage = bool(getattr(call.request, "include_usage", False))
-        return StreamingResponse(
-            sse_chunks(out.chunks, out.meta.model, include_usage, kind), headers=_SSE_HEADERS
-        )
+        chunks = sse_chunks(out.chunks, out.meta.model, include_usage, kind)
+        return StreamingResponse(chunks, headers={**_SSE_HEADERS, **out.meta.headers})
 
     async def _whole(self, call: Call) -> Response:
         out = await self.gateway.dispatch(call)
         if isinstance(out, Passthrough):
-            return Response(await out.read(), media_type=out.raw.content_type)
+            return Response(await out.read(), media_type=out.raw.content_type, headers=out.headers)
         if isinstance(out, Embedding):
             return json_response(
-                wire.encode_embeddings_result(out.result, wire.embeddings_wants_base64(call.body))
+                wire.encode_embeddings_result(out.result, wire.embeddings_wants_base64(call.body)),
+                headers=out.headers,
             )
         merged = merge_chunks([c async for c in out.chunks])
-        if call.endpoint is Endpoint.CHAT:
-            return json_response(wire.encode_chat_response(merged, out.meta.model))
-        return json_response(wire.encode_completion_response(merged, out.meta.model))
+        chat = call.endpoint is Endpoint.CHAT
+        encode = wire.encode_chat_response if chat else wire.encode_completion_response
+        return json_response(encode(merged, out.meta.model), headers=out.meta.headers)

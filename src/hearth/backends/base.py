@@ -227,6 +227,10 @@ class Backend(abc.ABC):
     async def embed(self, req: EmbedRequest) -> EmbedResult:
         """Embed every input."""
 
+    async def unload(self, model: str) -> None:  # noqa: B027 (optional, not abstract)
+        """Free the memory a model holds, for the scheduler's switches. Servers that do not load
+        models (OpenAI-compatible) have nothing to do."""
+
     @abc.abstractmethod
     async def discover(self, timeout: float) -> Discovery:
         """Models served and loaded; raises if the backend is down."""

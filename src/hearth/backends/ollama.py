@@ -52,6 +52,12 @@ class OllamaBackend(Backend):
         obj = msgspec.json.decode(await raw.read())
         return wire.decode_embed_result(obj, req.model)
 
+    async def unload(self, model: str) -> None:
+        """Ollama's own way: keep_alive 0 and no prompt unloads the model once it is idle."""
+        body = msgspec.json.encode({"model": model, "keep_alive": 0})
+        raw = await self.forward("POST", "/api/generate", body)
+        await raw.read()
+
     async def discover(self, timeout: float) -> Discovery:
         tags = await self.get_json("/api/tags", timeout)
         models = [

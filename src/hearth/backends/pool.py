@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -142,6 +142,8 @@ class Pool:
         self.by_name = {s.name: s for s in self.states}
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        # Called after every poll of a backend (the scheduler reconciles what is loaded).
+        self.listeners: list[Callable[[BackendState], None]] = []
 
     async def refresh(self, states: Iterable[BackendState] | None = None) -> None:
         await asyncio.gather(*(self._poll(s) for s in (self.states if states is None else states)))
@@ -172,6 +174,8 @@ class Pool:
             if state.breaker.state == "half-open":
                 state.breaker.success()  # a good poll is the probe
         state.last_checked = time.monotonic()
+        for listener in self.listeners:
+            listener(state)
 
     async def _loop(self) -> None:
         while True:

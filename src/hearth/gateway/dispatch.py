@@ -35,6 +35,7 @@ from hearth.gateway.records import (
     reply_chars,
 )
 from hearth.gateway.router import Router, Target
+from hearth.gateway.scheduler import Scheduler, Ticket
 from hearth.protocol.canonical import (
     ChatRequest,
     Chunk,
@@ -79,15 +80,21 @@ class Call:
 
 
 class _Lease:
-    """One request's hold on a backend: in-flight count and breaker outcome, settled once."""
+    """One request's hold on a backend: its scheduler slot, the in-flight count and the breaker
+    outcome, settled once."""
 
-    __slots__ = ("_done", "state")
+    __slots__ = ("_done", "state", "ticket")
 
-    def __init__(self, state: BackendState) -> None:
+    def __init__(self, state: BackendState, ticket: Ticket) -> None:
         self.state = state
+        self.ticket = ticket
         self._done = False
         state.in_flight += 1
         state.breaker.begin()
+
+    def first_byte(self, trace: Trace) -> None:
+        trace.first_byte()
+        self.ticket.started()
 
     def settle(self, ok: bool | None) -> None:
         """ok: the backend did its job; False: it failed; None: says nothing of its health
@@ -96,6 +103,7 @@ class _Lease:
             return
         self._done = True
         self.state.in_flight -= 1
+        self.ticket.release(ok is not False)
         if ok is None:
             self.state.breaker.abandon()
         elif ok:
@@ -114,6 +122,7 @@ class Passthrough:
         self._trace = trace
         self._dialect = dialect
         self._sse = sse
+        self.headers = queue_headers(trace)
 
     async def read(self) -> bytes:
         try:
@@ -127,7 +136,7 @@ class Passthrough:
             self._trace.finish(499, "client disconnected")
             raise
         self._lease.settle(True)
-        self._trace.first_byte()
+        self._lease.first_byte(self._trace)
         tokens = peek_usage(self._dialect, body)
         if tokens == (None, None):  # no counts: the request log gets an estimate
             self._trace.reply_estimate = estimate_tokens(reply_chars(body))
@@ -142,6 +151,7 @@ class Passthrough:
         last = b""  # the final records, where the backend puts its token counts
         records = 0  # relayed, for the token estimate when the backend reports no counts
         trace = self._trace
+        lease = self._lease
         ok = False
         try:
             async for data in self.raw.iter_chunks():
@@ -154,7 +164,7 @@ class Passthrough:
                     # OpenAI's usage record may arrive a read before the [DONE] that ends it.
                     if not piece.startswith(_SSE_DONE):
                         last = piece
-                    trace.first_byte()
+                    lease.first_byte(trace)
                     yield piece
             if pending:
                 if not pending.startswith(_SSE_DONE):
@@ -186,6 +196,7 @@ class Translated:
         self.model = model
         self._lease = lease
         self._trace = trace
+        self.headers = queue_headers(trace)
 
     async def guard(self, chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
         usage = None
@@ -194,7 +205,7 @@ class Translated:
         ok = False
         try:
             async for c in chunks:
-                trace.first_byte()
+                self._lease.first_byte(trace)
                 if c.usage is not None:
                     usage = c.usage
                 chars += len(c.content) + len(c.thinking)
@@ -227,6 +238,16 @@ class ChunkStream:
 class Embedding:
     backend: str
     result: EmbedResult
+    headers: dict[str, str]
+
+
+def queue_headers(trace: Trace) -> dict[str, str]:
+    """What the client may want to know of its wait: requests ahead of it for the same model
+    when it arrived, and the milliseconds it waited for a backend slot."""
+    return {
+        "X-Hearth-Queue-Position": str(trace.queue_position),
+        "X-Hearth-Queue-Wait-Ms": f"{trace.queue_wait_ms:.0f}",
+    }
 
 
 Outcome = Passthrough | ChunkStream | Embedding
@@ -234,9 +255,16 @@ Outcome = Passthrough | ChunkStream | Embedding
 
 class Gateway:
     def __init__(
-        self, pool: Pool, router: Router, max_attempts: int, records: RequestLog, limits: Limits
+        self,
+        pool: Pool,
+        router: Router,
+        max_attempts: int,
+        records: RequestLog,
+        limits: Limits,
+        scheduler: Scheduler,
     ) -> None:
         self.pool = pool
+        self.scheduler = scheduler
         self.router = router
         self.max_attempts = max_attempts
         self.records = records
@@ -254,6 +282,7 @@ class Gateway:
             estimate = self.limits.estimate(
                 len(call.raw), max_tokens if isinstance(max_tokens, int) else None
             )
+            trace.estimate = estimate
             trace.reservation = await self.limits.admit(who, estimate)
             return await self._dispatch(call, trace)
         except HearthError as exc:
@@ -277,22 +306,33 @@ class Gateway:
                     raise NoBackend(f"no backend is available for model '{call.request.model}'")
                 raise ModelNotFound(call.request.model)
         last: HearthError | None = None
-        for target, state in plan[: self.max_attempts]:
-            trace.attempts += 1
-            trace.backend = state.name
-            trace.served_model = target.model
-            try:
-                return await self._try(call, target, state, trace)
-            except BackendUnavailable as exc:
-                log.info("backend %s refused %s: %s; trying the next", state.name, target.model, exc.message)
-                last = exc
-            except UpstreamError as exc:
-                if exc.status != 404:
-                    raise
-                # Stale discovery: this backend no longer has the model.
-                last = exc
-                self.pool.refresh_soon(state)
-        assert last is not None
+        tried: set[tuple[int, str]] = set()
+        for i, target in enumerate(targets):
+            while trace.attempts < self.max_attempts:
+                names = [s.name for t, s in plan if t is target and (i, s.name) not in tried]
+                if not names:
+                    break
+                # The scheduler picks the backend among the candidates and says when to send.
+                ticket = await self.scheduler.acquire(call.principal, target.model, names, trace.estimate)
+                state = self.pool.by_name[ticket.backend]
+                tried.add((i, state.name))
+                trace.attempts += 1
+                trace.backend = state.name
+                trace.served_model = target.model
+                trace.queued(ticket.position, ticket.waited)
+                try:
+                    return await self._try(call, target, state, trace, ticket)
+                except BackendUnavailable as exc:
+                    log.info("backend %s refused %s: %s", state.name, target.model, exc.message)
+                    last = exc
+                except UpstreamError as exc:
+                    if exc.status != 404:
+                        raise
+                    # Stale discovery: this backend no longer has the model.
+                    last = exc
+                    self.pool.refresh_soon(state)
+        if last is None:
+            raise NoBackend(f"no backend is available for model '{call.request.model}'")
         if isinstance(last, UpstreamError) and last.status == 404:
             raise ModelNotFound(call.request.model) from last
         raise last
@@ -312,10 +352,19 @@ class Gateway:
             plan = [(t, s) for t, s in plan if not s.backend.cfg.cloud]
         return plan
 
-    async def _try(self, call: Call, target: Target, state: BackendState, trace: Trace) -> Outcome:
+    async def _try(
+        self, call: Call, target: Target, state: BackendState, trace: Trace, ticket: Ticket
+    ) -> Outcome:
         backend = state.backend
-        lease = _Lease(state)
+        lease = _Lease(state, ticket)
         try:
+            for model in ticket.unload:
+                # The scheduler evicts these to make room for target.model: unload them first,
+                # so Ollama does not pick a victim of its own.
+                try:
+                    await backend.unload(model)
+                except HearthError as exc:
+                    log.warning("unloading %s on %s failed: %s", model, state.name, exc.message)
             if backend.kind == call.dialect:
                 body = self._native_body(call, target)
                 raw = await backend.forward("POST", backend.native_path(call.path), body)
@@ -325,11 +374,11 @@ class Gateway:
             meta = Translated(backend.name, target.model, lease, trace)
             if isinstance(req, EmbedRequest):
                 result = await backend.embed(req)
+                lease.first_byte(trace)
                 lease.settle(True)
-                trace.first_byte()
                 u = result.usage  # all zero: the backend reported no counts (estimated then)
                 trace.finish_usage(u if u.prompt_tokens or u.completion_tokens else None)
-                return Embedding(backend.name, result)
+                return Embedding(backend.name, result, queue_headers(trace))
             if isinstance(req, ChatRequest):
                 chunks = await backend.chat(req)
             else:

@@ -158,8 +158,11 @@ class Trace:
         "dialect",
         "done",
         "endpoint",
+        "estimate",
         "key_id",
         "model",
+        "queue_position",
+        "queue_wait_ms",
         "reply_estimate",
         "request_bytes",
         "reservation",
@@ -197,6 +200,14 @@ class Trace:
         # completion tokens the relaying code estimated from what it sent on.
         self.request_bytes = 0
         self.reply_estimate = 0
+        self.estimate = 0  # tokens reserved at admission; the scheduler's cost of the request
+        self.queue_position = 0  # requests ahead of it for the same model when it arrived
+        self.queue_wait_ms = 0.0  # waiting for a scheduler slot, all attempts together
+
+    def queued(self, position: int, waited: float) -> None:
+        if not self.queue_wait_ms:
+            self.queue_position = position
+        self.queue_wait_ms += waited * 1000
 
     @property
     def ttft_ms(self) -> float | None:
@@ -250,7 +261,7 @@ class Trace:
                 error,
                 self.tenant,
                 self.key_id,
-                0.0,  # queue_wait_ms: no queue until the scheduler (issue 4)
+                self.queue_wait_ms,
                 estimated,
             )
         )

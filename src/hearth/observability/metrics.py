@@ -24,13 +24,21 @@ Labels, all bounded:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 
 from hearth.backends.pool import Pool, canonical_name
+
+
+class SchedulerView(Protocol):
+    """What the metrics read of the scheduler (gateway/scheduler.py), which sits above them."""
+
+    def waiting_by_model(self) -> dict[str, int]: ...
+
+    def loads_by_backend(self) -> dict[str, int]: ...
 
 if TYPE_CHECKING:
     from hearth.gateway.records import RequestLog, Trace
@@ -90,7 +98,9 @@ class _Series:
 class Metrics:
     """The per-call metrics and the scrape-time collectors, on one app's registry."""
 
-    def __init__(self, registry: CollectorRegistry, pool: Pool, aliases: Iterable[str]) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, pool: Pool, aliases: Iterable[str], scheduler: SchedulerView
+    ) -> None:
         self.registry = registry
         self.pool = pool
         self.aliases = frozenset(aliases)
@@ -130,7 +140,7 @@ class Metrics:
             buckets=TTFT_BUCKETS,
             registry=registry,
         )
-        registry.register(PoolCollector(pool))
+        registry.register(PoolCollector(pool, scheduler))
         ProcessCollector(registry=registry)
 
     def watch(self, records: RequestLog) -> None:
@@ -189,13 +199,14 @@ class PoolCollector:
     """Backend gauges, read from the pool at scrape time (scrapes run on the event loop, like
     every change to the pool, so the reading is consistent)."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Pool, scheduler: SchedulerView) -> None:
         self.pool = pool
+        self.scheduler = scheduler
 
     def describe(self) -> Iterable[Metric]:
         return self._families()
 
-    def _families(self) -> tuple[GaugeMetricFamily, ...]:
+    def _families(self) -> tuple[GaugeMetricFamily | CounterMetricFamily, ...]:
         b = ["backend"]
         return (
             GaugeMetricFamily(
@@ -219,14 +230,19 @@ class PoolCollector:
             ),
             GaugeMetricFamily(
                 "hearth_queue_depth",
-                "Model calls waiting for the backend (always 0: no scheduler queue yet).",
+                "Model calls waiting in the scheduler for a backend slot, by model.",
+                labels=["model"],
+            ),
+            CounterMetricFamily(
+                "hearth_model_loads",
+                "Model loads the scheduler started on the backend (switches to a model not loaded).",
                 labels=b,
             ),
         )
 
     def collect(self) -> Iterable[Metric]:
         families = self._families()
-        up, in_flight, loaded, loaded_bytes, breaker, queue = families
+        up, in_flight, loaded, loaded_bytes, breaker, queue, loads = families
         for s in self.pool.states:
             name = [s.name]
             up.add_metric(name, 1.0 if s.up else 0.0)
@@ -235,7 +251,10 @@ class PoolCollector:
             for model, info in s.loaded.items():
                 loaded_bytes.add_metric([s.name, model], info.size)
             breaker.add_metric(name, 1.0 if s.breaker.state == "open" else 0.0)
-            queue.add_metric(name, 0.0)
+        for backend, n in self.scheduler.loads_by_backend().items():
+            loads.add_metric([backend], n)
+        for model, n in self.scheduler.waiting_by_model().items():
+            queue.add_metric([model], n)
         return families
 
 

@@ -1,0 +1,593 @@
+"""The scheduling policy: which waiting request goes to which backend, and when a backend
+changes model. A synchronous state machine with an injected clock (``now`` in seconds) and no
+I/O: ``gateway/scheduler.py`` drives it for the live gateway, ``sim/des.py`` in simulated time,
+so the simulator measures this very code.
+
+What it knows of each backend: parallel slots per model (Ollama's OLLAMA_NUM_PARALLEL), how many
+models and how much memory it can hold, which models are loaded (its own grants, reconciled
+with /api/ps), each model's size, and a load-time estimate per model (size / bandwidth plus a
+fixed part until a load is observed, then a moving average of observed loads).
+
+The policy, in the order it is applied each time anything changes:
+
+1. **Slots, never more.** At most ``slots`` requests per loaded model are in flight at a
+   backend, so Ollama's own FIFO never decides the order; the rest wait here.
+2. **Loaded models first.** A free slot on a loaded model goes to a request for that model.
+3. **Who goes first** among the requests for one model: interactive before batch, where a batch
+   request that has waited ``aging`` seconds counts as interactive (so batch work is never
+   starved); then weighted fair sharing across tenants (start-time fair queueing: each grant
+   advances the tenant's virtual time by cost / weight, so a tenant with weight 2 gets twice the
+   tokens of a tenant with weight 1 when both wait); then arrival order.
+4. **Switch only when it pays.** A model that is not loaded on a backend gets loaded there when
+   the waiting cost of its queue reaches the cost of the switch:
+
+       waiting cost = sum over its requests of w * (age + load time of the model)
+       switch cost  = load time of the model
+                      + for each model evicted to make room: its load time
+                        * (1 + sum of w over its waiting requests) if used in the last
+                        ``recent`` seconds or has waiting requests, else 0
+
+   where w is 1 for interactive and ``batch_weight`` for batch requests (1 once aged), times the
+   tenant's weight. Victims are the loaded models with the least waiting demand, least recently
+   used first. A victim still serving requests is drained: it gets no new requests on that
+   backend until it is idle, then Hearth unloads it (keep_alive 0) and sends the waiting
+   request. One switch at a time per backend, as Ollama loads one model at a time.
+5. **Bounded waits.** A request that has waited half its tenant's ``max_wait`` forces the switch
+   whatever its cost; one that waits ``max_wait`` is dropped (503 with Retry-After).
+6. **Several backends.** A request may go to any backend that serves its model: a loaded one
+   with a free slot first, in the caller's order; otherwise the switch goes where it costs least
+   (ties: where the model fits best). Requests waiting for a model that is loaded but busy
+   elsewhere weigh like any others, so a growing queue warms the model on a second backend,
+   at once when that backend is idle, later when it means evicting what others use.
+
+Backends that do not load models (OpenAI-compatible servers, cloud APIs) have every model ready
+and ``max_in_flight`` slots in all (unlimited when None).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+INTERACTIVE = 0
+BATCH = 1
+
+
+@dataclass(slots=True, frozen=True)
+class BackendSpec:
+    name: str
+    loads_models: bool = True  # Ollama: a model must be loaded before it serves
+    slots_per_model: int = 1  # OLLAMA_NUM_PARALLEL
+    max_loaded: int | None = 3  # OLLAMA_MAX_LOADED_MODELS
+    memory: float | None = None  # bytes it can hold; None: only max_loaded limits
+    fit_fraction: float = 0.8  # Ollama loads alongside only if a model needs <= this of free memory
+    keep_alive: float = 300.0  # seconds an idle model stays loaded (OLLAMA_KEEP_ALIVE)
+    max_in_flight: int | None = None  # all models together; None: unlimited
+
+
+@dataclass(slots=True, frozen=True)
+class PolicySettings:
+    aging: float = 120.0  # seconds after which a batch request competes as interactive
+    batch_weight: float = 0.25  # a batch request's waiting cost relative to an interactive one
+    recent: float = 60.0  # a model used this recently is likely wanted again: evicting it costs
+    load_fixed: float = 2.0  # load time estimate before one is observed: fixed + size / bandwidth
+    load_bandwidth: float = 2e9  # bytes per second
+    default_size: float = 5e9  # bytes, for a model whose size no backend has reported
+
+
+@dataclass(eq=False, slots=True)
+class Job:
+    """One request waiting for (then holding) a backend slot."""
+
+    tenant: str
+    model: str
+    backends: tuple[str, ...]  # where it may run, in the caller's order of preference
+    arrived: float
+    priority: int = INTERACTIVE
+    weight: float = 1.0
+    max_wait: float | None = None
+    cost: float = 1.0  # estimated tokens, charged to the tenant's virtual time
+    tag: Any = None  # the driver's own
+    # Set by the policy.
+    seq: int = 0
+    position: int = 0  # requests ahead of it for the same model when it arrived
+    backend: str | None = None
+    granted_at: float | None = None
+    unload: tuple[str, ...] = ()  # models to unload on `backend` before sending this request
+    loads: bool = False  # this request makes the backend load its model
+    started: bool = False
+    dropped: str | None = None
+
+
+@dataclass(slots=True)
+class _Runner:
+    model: str
+    size: float
+    in_flight: int = 0
+    loading: bool = False  # granted a load; no first byte yet
+    last_used: float = 0.0
+    draining: bool = False
+
+
+@dataclass(slots=True)
+class _Backend:
+    spec: BackendSpec
+    up: bool = True
+    sizes: dict[str, float] = field(default_factory=dict)  # model -> bytes as reported
+    runners: dict[str, _Runner] = field(default_factory=dict)
+    in_flight: int = 0
+    switching: str | None = None  # a model being loaded (granted, no first byte yet)
+    loads: int = 0  # switches started here
+
+    def used(self) -> float:
+        return sum(r.size for r in self.runners.values())
+
+    def has_room(self) -> bool:
+        cap = self.spec.max_in_flight
+        return cap is None or self.in_flight < cap
+
+
+class Policy:
+    """See the module docstring. ``on_grant(job)`` and ``on_drop(job)`` are called from inside
+    ``submit``/``finish``/``pump``...; the driver then sends or fails the request."""
+
+    def __init__(
+        self,
+        backends: Iterable[BackendSpec],
+        settings: PolicySettings,
+        on_grant: Callable[[Job], None],
+        on_drop: Callable[[Job], None],
+    ) -> None:
+        self.settings = settings
+        self._backends = {b.name: _Backend(b) for b in backends}
+        self._on_grant = on_grant
+        self._on_drop = on_drop
+        self._queues: dict[str, dict[str, deque[Job]]] = {}  # model -> tenant -> FIFO
+        self._waiting: dict[str, int] = {}  # model -> count
+        self._by_tenant: dict[str, int] = {}  # tenant -> count waiting
+        self._finish_tag: dict[str, float] = {}  # tenant -> virtual finish time of its last grant
+        self._vtime = 0.0
+        self._load_est: dict[tuple[str, str], float] = {}
+        self._service_est: dict[str, float] = {}  # model -> moving average of grant-to-end seconds
+        self._seq = itertools.count(1)
+        self._pumping = False
+        self._switch_due: list[float] = []  # when a waiting cost will reach its switch cost
+        self.loads = 0
+        self.grants = 0
+        self.dropped = 0
+
+    # ---- the driver's calls ---------------------------------------------------------------
+
+    def observe(
+        self, backend: str, now: float, up: bool, sizes: Mapping[str, float], loaded: Mapping[str, float]
+    ) -> None:
+        """What a poll of the backend found: served models with sizes, loaded models with sizes."""
+        b = self._backends[backend]
+        b.up = up
+        if up:
+            b.sizes = dict(sizes)
+            for model, size in loaded.items():
+                r = b.runners.get(model)
+                if r is None:
+                    b.runners[model] = _Runner(model, size, last_used=now)
+                elif size:
+                    r.size = size
+            for model in list(b.runners):
+                r = b.runners[model]
+                if model not in loaded and r.in_flight == 0 and not r.loading:
+                    del b.runners[model]  # unloaded behind our back (keep_alive, another client)
+        self.pump(now)
+
+    def submit(self, job: Job, now: float) -> None:
+        """Queue a request, or grant it at once when its model has a free slot and nobody waits."""
+        job.seq = next(self._seq)
+        job.arrived = now
+        job.position = self._waiting.get(job.model, 0)
+        if job.position == 0:
+            for name in job.backends:
+                b = self._backends.get(name)
+                if b is not None and b.up and b.has_room():
+                    r = self._runner(b, job.model, now)
+                    if r is not None and not r.draining and r.in_flight < b.spec.slots_per_model:
+                        self._grant(job, b, r, now)
+                        return
+        self._queues.setdefault(job.model, {}).setdefault(job.tenant, deque()).append(job)
+        self._waiting[job.model] = job.position + 1
+        self._by_tenant[job.tenant] = self._by_tenant.get(job.tenant, 0) + 1
+        self.pump(now)
+
+    def cancel(self, job: Job, now: float) -> None:
+        """The client left while waiting."""
+        if job.backend is None and self._remove(job):
+            self.pump(now)
+
+    def started(self, job: Job, now: float) -> None:
+        """The first byte came back: the model is loaded."""
+        if job.started or job.backend is None:
+            return
+        job.started = True
+        b = self._backends[job.backend]
+        if job.loads:
+            r = b.runners.get(job.model)
+            if r is not None:
+                r.loading = False
+            if b.switching == job.model:
+                b.switching = None
+            assert job.granted_at is not None
+            took = now - job.granted_at
+            key = (b.spec.name, job.model)
+            old = self._load_est.get(key)
+            self._load_est[key] = took if old is None else 0.5 * old + 0.5 * took
+            self.pump(now)
+
+    def finish(self, job: Job, now: float, ok: bool = True) -> None:
+        """The request ended (or failed, or its client left): its slot is free."""
+        if job.backend is None:
+            return
+        b = self._backends[job.backend]
+        r = b.runners.get(job.model)
+        b.in_flight -= 1
+        if ok and job.granted_at is not None:
+            took = now - job.granted_at
+            old = self._service_est.get(job.model)
+            self._service_est[job.model] = took if old is None else 0.8 * old + 0.2 * took
+        if r is not None:
+            r.in_flight -= 1
+            r.last_used = now
+            if job.loads and not job.started:
+                # The load did not complete: the model may not be there.
+                r.loading = False
+                if not ok and r.in_flight == 0:
+                    del b.runners[job.model]
+        if b.switching == job.model and not job.started:
+            b.switching = None
+        self.pump(now)
+
+    def loads_by_backend(self) -> dict[str, int]:
+        return {name: b.loads for name, b in self._backends.items()}
+
+    def waiting_by_model(self) -> dict[str, int]:
+        return dict(self._waiting)
+
+    def expected_wait(self, model: str, backends: Iterable[str]) -> float:
+        """A rough wait for a new request for ``model``, for Retry-After: the queue ahead of it
+        over the slots that serve it, at the model's average service time, plus a load if it is
+        loaded nowhere."""
+        slots = 0
+        load = math.inf
+        for name in backends:
+            b = self._backends.get(name)
+            if b is None or not b.up:
+                continue
+            if model in b.runners or not b.spec.loads_models:
+                slots += min(b.spec.slots_per_model, b.spec.max_in_flight or b.spec.slots_per_model)
+            else:
+                load = min(load, self.load_estimate(name, model))
+        service = self._service_est.get(model, 10.0)
+        ahead = self._waiting.get(model, 0)
+        if slots:
+            return service * (ahead / slots + 1)
+        return (0.0 if load == math.inf else load) + service * (ahead + 1)
+
+    def waiting(self, tenant: str | None = None) -> int:
+        if tenant is None:
+            return sum(self._waiting.values())
+        return self._by_tenant.get(tenant, 0)
+
+    def load_estimate(self, backend: str, model: str) -> float:
+        est = self._load_est.get((backend, model))
+        if est is not None:
+            return est
+        s = self.settings
+        return s.load_fixed + self._size(self._backends[backend], model) / s.load_bandwidth
+
+    def next_deadline(self, now: float) -> float | None:
+        """When pump() must run again although nothing happened: a bound, an aging or
+        a switch coming due, a loaded model's keep_alive running out."""
+        if not self._waiting:
+            return None
+        times: list[float] = []
+        s = self.settings
+        for tenants in self._queues.values():
+            for q in tenants.values():
+                for j in q:
+                    if j.max_wait is not None:
+                        times.append(j.arrived + j.max_wait / 2)
+                        times.append(j.arrived + j.max_wait)
+                    if j.priority == BATCH:
+                        times.append(j.arrived + s.aging)
+        for b in self._backends.values():
+            for r in b.runners.values():
+                if r.in_flight == 0 and b.spec.loads_models:
+                    times.append(r.last_used + s.recent)
+                    times.append(r.last_used + b.spec.keep_alive)
+        times.extend(self._switch_due)
+        future = [t for t in times if t > now]
+        return min(future) if future else None
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        """Backends and queues as the admin API shows them; queue positions in grant order."""
+        waiting = []
+        for model, tenants in self._queues.items():
+            jobs = sorted((j for q in tenants.values() for j in q), key=lambda j: self._order(j, now))
+            for pos, j in enumerate(jobs, 1):
+                waiting.append(
+                    {
+                        "tenant": j.tenant,
+                        "model": model,
+                        "position": pos,
+                        "priority": "interactive" if j.priority == INTERACTIVE else "batch",
+                        "aged": j.priority == BATCH and now - j.arrived >= self.settings.aging,
+                        "waited_s": round(now - j.arrived, 3),
+                        "max_wait_s": j.max_wait,
+                    }
+                )
+        backends = []
+        for b in self._backends.values():
+            backends.append(
+                {
+                    "name": b.spec.name,
+                    "up": b.up,
+                    "in_flight": b.in_flight,
+                    "loads": b.loads,
+                    "switching_to": b.switching,
+                    "slots_per_model": b.spec.slots_per_model,
+                    "models": [
+                        {
+                            "model": r.model,
+                            "in_flight": r.in_flight,
+                            "loading": r.loading,
+                            "draining": r.draining,
+                            "size": r.size,
+                            "idle_s": None if r.in_flight else round(now - r.last_used, 3),
+                        }
+                        for r in b.runners.values()
+                    ],
+                }
+            )
+        return {
+            "waiting": waiting,
+            "backends": backends,
+            "loads": self.loads,
+            "grants": self.grants,
+            "dropped": self.dropped,
+        }
+
+    # ---- the policy -------------------------------------------------------------------------
+
+    def pump(self, now: float) -> None:
+        """Apply the policy until nothing more can be granted."""
+        if self._pumping:
+            return  # a callback re-entered; the running pump loops again
+        self._pumping = True
+        try:
+            self._drop_expired(now)
+            self._switch_due = []
+            progress = True
+            while progress:
+                progress = self._fill_slots(now) | self._switch(now)
+        finally:
+            self._pumping = False
+
+    def _drop_expired(self, now: float) -> None:
+        for b in self._backends.values():
+            if b.spec.loads_models:
+                for r in [r for r in b.runners.values() if r.in_flight == 0 and not r.loading]:
+                    if now - r.last_used >= b.spec.keep_alive:
+                        del b.runners[r.model]  # the backend unloads idle models after keep_alive
+        for tenants in list(self._queues.values()):
+            for q in list(tenants.values()):
+                for j in [j for j in q if j.max_wait is not None and now - j.arrived >= j.max_wait]:
+                    self._remove(j)
+                    j.dropped = "timeout"
+                    self.dropped += 1
+                    self._on_drop(j)
+        for tenants in list(self._queues.values()):
+            for q in list(tenants.values()):
+                for j in [j for j in q if not any(self._usable(n) for n in j.backends)]:
+                    self._remove(j)
+                    j.dropped = "no backend"
+                    self.dropped += 1
+                    self._on_drop(j)
+
+    def _usable(self, name: str) -> bool:
+        b = self._backends.get(name)
+        return b is not None and b.up
+
+    def _fill_slots(self, now: float) -> bool:
+        progress = False
+        for b in self._backends.values():
+            if not b.up:
+                continue
+            name = b.spec.name
+            models = list(b.runners) if b.spec.loads_models else list(self._queues)
+            for model in models:
+                r = b.runners.get(model)
+                if r is not None and r.draining:
+                    continue
+                while b.has_room() and self._waiting.get(model):
+                    if r is not None and r.in_flight >= b.spec.slots_per_model:
+                        break
+                    job = self._pick(model, name, now)
+                    if job is None:
+                        break
+                    if r is None:  # a backend with every model ready
+                        r = b.runners[model] = _Runner(model, 0.0, last_used=now)
+                    self._remove(job)
+                    self._grant(job, b, r, now)
+                    progress = True
+        return progress
+
+    def _switch(self, now: float) -> bool:
+        """Start the switch that pays most, or drain the models it needs evicted first."""
+        cands: list[tuple[tuple[bool, float, float], str, str, list[_Runner]]] = []
+        for model, count in self._waiting.items():
+            if not count:
+                continue
+            jobs = [j for q in self._queues[model].values() for j in q]
+            for name in dict.fromkeys(n for j in jobs for n in j.backends):
+                b = self._backends.get(name)
+                if b is None or not b.up or not b.spec.loads_models or b.switching is not None:
+                    continue
+                if model in b.runners or (b.sizes and model not in b.sizes):
+                    continue
+                victims = self._victims(b, model, now)
+                if victims is None:
+                    continue
+                counted = [j for j in jobs if name in j.backends]
+                load = self.load_estimate(name, model)
+                urgent = any(j.max_wait is not None and now - j.arrived >= j.max_wait / 2 for j in counted)
+                wsum = sum(self._w(j, now) for j in counted)
+                pressure = sum(self._w(j, now) * (now - j.arrived + load) for j in counted)
+                cost = load + sum(self._evict_cost(b, v, now) for v in victims)
+                if not urgent and pressure < cost:
+                    self._switch_due.append(now + (cost - pressure) / wsum)
+                    continue
+                leftover = self._free(b) - self._size(b, model)
+                cands.append(((urgent, pressure - cost, -leftover), name, model, victims))
+        for b in self._backends.values():
+            for r in b.runners.values():
+                r.draining = False
+        cands.sort(key=lambda c: c[0], reverse=True)
+        taken_backends: set[str] = set()
+        taken_models: set[str] = set()
+        for _, name, model, victims in cands:
+            if name in taken_backends or model in taken_models:
+                continue
+            taken_backends.add(name)
+            taken_models.add(model)
+            b = self._backends[name]
+            busy = [v for v in victims if v.in_flight > 0]
+            if busy:
+                for v in busy:
+                    v.draining = True  # no new requests until idle, then the switch happens
+                continue
+            job = self._pick(model, name, now)
+            if job is None:
+                continue
+            self._remove(job)
+            for v in victims:
+                del b.runners[v.model]
+            job.unload = tuple(v.model for v in victims)
+            r = _Runner(model, self._size(b, model), loading=True, last_used=now)
+            b.runners[model] = r
+            b.switching = model
+            job.loads = True
+            self.loads += 1
+            b.loads += 1
+            self._grant(job, b, r, now)
+            return True  # the picture changed: weigh the rest again
+        return False
+
+    def _victims(self, b: _Backend, model: str, now: float) -> list[_Runner] | None:
+        """The cheapest loaded models to evict so that ``model`` fits, or None if it cannot."""
+        spec = b.spec
+        size = self._size(b, model)
+        order = sorted(
+            (r for r in b.runners.values() if not r.loading),
+            key=lambda r: (self._evict_cost(b, r, now), r.in_flight, r.last_used),
+        )
+        victims: list[_Runner] = []
+        count = len(b.runners)
+        used = b.used()
+        for r in [None, *order]:
+            if r is not None:
+                victims.append(r)
+                count -= 1
+                used -= r.size
+            fits_count = spec.max_loaded is None or count < spec.max_loaded
+            fits_mem = spec.memory is None or count == 0 or size <= spec.fit_fraction * (spec.memory - used)
+            if fits_count and fits_mem:
+                return victims
+        return None
+
+    def _evict_cost(self, b: _Backend, r: _Runner, now: float) -> float:
+        demand = sum(self._w(j, now) for j in self._jobs(r.model) if b.spec.name in j.backends)
+        if demand == 0 and r.in_flight == 0 and now - r.last_used >= self.settings.recent:
+            return 0.0
+        return self.load_estimate(b.spec.name, r.model) * (1.0 + demand)
+
+    # ---- helpers ------------------------------------------------------------------------------
+
+    def _runner(self, b: _Backend, model: str, now: float) -> _Runner | None:
+        r = b.runners.get(model)
+        if r is None and not b.spec.loads_models:
+            r = b.runners[model] = _Runner(model, 0.0, last_used=now)
+        return r
+
+    def _grant(self, job: Job, b: _Backend, r: _Runner, now: float) -> None:
+        job.backend = b.spec.name
+        job.granted_at = now
+        r.in_flight += 1
+        r.last_used = now
+        b.in_flight += 1
+        self.grants += 1
+        start = max(self._vtime, self._finish_tag.get(job.tenant, 0.0))
+        self._finish_tag[job.tenant] = start + job.cost / job.weight
+        self._vtime = start
+        self._on_grant(job)
+
+    def _order(self, job: Job, now: float) -> tuple[int, float, int]:
+        return (self._class(job, now), max(self._vtime, self._finish_tag.get(job.tenant, 0.0)), job.seq)
+
+    def _class(self, job: Job, now: float) -> int:
+        if job.priority == BATCH and now - job.arrived < self.settings.aging:
+            return BATCH
+        return INTERACTIVE
+
+    def _w(self, job: Job, now: float) -> float:
+        base = 1.0 if self._class(job, now) == INTERACTIVE else self.settings.batch_weight
+        return base * job.weight
+
+    def _pick(self, model: str, backend: str, now: float) -> Job | None:
+        best: Job | None = None
+        key: tuple[int, float, int] | None = None
+        for q in self._queues.get(model, {}).values():
+            for j in q:
+                if backend in j.backends:
+                    k = self._order(j, now)
+                    if key is None or k < key:
+                        best, key = j, k
+                    break  # a tenant's own requests go in arrival order
+        return best
+
+    def _jobs(self, model: str) -> Iterable[Job]:
+        for q in self._queues.get(model, {}).values():
+            yield from q
+
+    def _remove(self, job: Job) -> bool:
+        tenants = self._queues.get(job.model)
+        q = tenants.get(job.tenant) if tenants else None
+        if q is None or job not in q:
+            return False
+        q.remove(job)
+        if not q:
+            del tenants[job.tenant]  # type: ignore[union-attr]
+            if not tenants:
+                del self._queues[job.model]
+        self._waiting[job.model] -= 1
+        if not self._waiting[job.model]:
+            del self._waiting[job.model]
+        self._by_tenant[job.tenant] -= 1
+        if not self._by_tenant[job.tenant]:
+            del self._by_tenant[job.tenant]
+        return True
+
+    def _size(self, b: _Backend, model: str) -> float:
+        r = b.runners.get(model)
+        if r is not None and r.size:
+            return r.size
+        size = b.sizes.get(model)
+        if size:
+            return size
+        for o in self._backends.values():
+            if o.sizes.get(model):
+                return o.sizes[model]
+        return self.settings.default_size
+
+    def _free(self, b: _Backend) -> float:
+        return (b.spec.memory or math.inf) - b.used()

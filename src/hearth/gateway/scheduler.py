@@ -1,0 +1,216 @@
+"""The live scheduler: ``gateway/policy.py`` driven by asyncio, in front of every backend.
+
+A model call asks for a slot (``acquire``) before it is sent and gives it back when it ends
+(``Ticket.release``). The policy clock is the event loop's monotonic clock. One timer is kept
+armed for the policy's next deadline (a bound, an aging, a switch coming due) while requests
+wait; nothing is armed on the fast path, where a request's model has a free slot and nobody
+waits for it. Discovery polls feed the policy what each backend has loaded.
+
+Scheduling is per Hearth process: several processes behind one Ollama each keep their own
+queues (their sum of in-flight requests can exceed the server's slots).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from hearth.backends.pool import BackendState, Pool, canonical_name
+from hearth.errors import NoBackend, QueueFull, QueueTimeout
+from hearth.gateway.auth import Principal
+from hearth.gateway.policy import BATCH, INTERACTIVE, BackendSpec, Job, Policy, PolicySettings
+from hearth.settings import BackendSettings, Settings
+
+log = logging.getLogger("hearth.scheduler")
+
+UNLIMITED = 1 << 30
+
+
+def backend_spec(cfg: BackendSettings) -> BackendSpec:
+    if cfg.kind == "ollama":
+        return BackendSpec(
+            cfg.name,
+            loads_models=True,
+            slots_per_model=cfg.num_parallel,
+            max_loaded=cfg.max_loaded_models,
+            memory=None if cfg.memory_gb is None else cfg.memory_gb * 1e9,
+            keep_alive=cfg.keep_alive,
+        )
+    return BackendSpec(
+        cfg.name,
+        loads_models=False,
+        slots_per_model=cfg.max_concurrent or UNLIMITED,
+        max_loaded=None,
+        max_in_flight=cfg.max_concurrent,
+    )
+
+
+class Ticket:
+    """A slot on a backend, held from grant to release."""
+
+    __slots__ = ("_done", "_sched", "job")
+
+    def __init__(self, sched: Scheduler, job: Job) -> None:
+        self._sched = sched
+        self.job = job
+        self._done = False
+
+    @property
+    def backend(self) -> str:
+        assert self.job.backend is not None
+        return self.job.backend
+
+    @property
+    def unload(self) -> tuple[str, ...]:
+        """Models to unload on the backend before sending: the policy evicts them to make room."""
+        return self.job.unload
+
+    @property
+    def position(self) -> int:
+        return self.job.position
+
+    @property
+    def waited(self) -> float:
+        assert self.job.granted_at is not None
+        return self.job.granted_at - self.job.arrived
+
+    def started(self) -> None:
+        """The first byte came back (the model is loaded)."""
+        if not self.job.started:
+            self._sched.policy.started(self.job, self._sched.now())
+            self._sched.arm()
+
+    def release(self, ok: bool = True) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._sched.policy.finish(self.job, self._sched.now(), ok)
+        self._sched.arm()
+
+
+class Scheduler:
+    def __init__(self, settings: Settings, pool: Pool) -> None:
+        s = settings.scheduler
+        self.settings = settings
+        self.pool = pool
+        self.policy = Policy(
+            [backend_spec(st.backend.cfg) for st in pool.states],
+            PolicySettings(
+                aging=s.aging,
+                batch_weight=s.batch_weight,
+                recent=s.recent,
+                load_fixed=s.load_fixed,
+                load_bandwidth=s.load_gbps * 1e9,
+            ),
+            self._granted,
+            self._granted,
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        pool.listeners.append(self._observe)
+
+    def now(self) -> float:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop.time()
+
+    async def acquire(self, who: Principal, model: str, backends: list[str], cost: float) -> Ticket:
+        """Wait for a slot on one of ``backends`` (in order of preference) for ``model``."""
+        p = who.policy
+        job = Job(
+            who.name,
+            canonical_name(model, "ollama"),
+            tuple(backends),
+            0.0,
+            priority=BATCH if p.priority == "batch" else INTERACTIVE,
+            weight=p.weight,
+            max_wait=p.max_wait,
+            cost=max(cost, 1.0),
+        )
+        policy = self.policy
+        policy.submit(job, self.now())
+        if job.backend is not None:
+            return Ticket(self, job)
+        if policy.waiting(job.tenant) > p.max_queue or policy.waiting() > self.settings.scheduler.max_queue:
+            policy.cancel(job, self.now())
+            raise QueueFull(
+                f"too many requests waiting for a backend (tenant '{job.tenant}' may queue "
+                f"{p.max_queue})",
+                self.expected_wait(job),
+            )
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        job.tag = fut
+        self.arm()
+        try:
+            await fut
+        except asyncio.CancelledError:
+            # The client left while waiting, or just as its slot was granted.
+            if job.backend is None:
+                policy.cancel(job, self.now())
+            else:
+                policy.finish(job, self.now(), ok=True)
+            self.arm()
+            raise
+        if job.dropped == "timeout":
+            raise QueueTimeout(
+                f"waited {p.max_wait:g} s for a backend to serve '{model}'", self.expected_wait(job)
+            )
+        if job.dropped is not None:
+            raise NoBackend(f"no backend is available for model '{model}'")
+        return Ticket(self, job)
+
+    def expected_wait(self, job: Job) -> float:
+        return self.policy.expected_wait(job.model, job.backends)
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.policy.snapshot(self.now())
+
+    def waiting_by_model(self) -> dict[str, int]:
+        return self.policy.waiting_by_model()
+
+    def loads_by_backend(self) -> dict[str, int]:
+        return self.policy.loads_by_backend()
+
+    # ---- callbacks and the timer -------------------------------------------------------------
+
+    def _granted(self, job: Job) -> None:
+        """The policy granted (or dropped) a queued job: wake its request."""
+        fut = job.tag
+        if isinstance(fut, asyncio.Future) and not fut.done():
+            fut.set_result(None)
+
+    def arm(self) -> None:
+        """Keep one timer for the policy's next deadline while requests wait."""
+        if not self.policy.waiting():
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = self._timer_at = None
+            return
+        at = self.policy.next_deadline(self.now())
+        if at == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = at
+        if at is not None:
+            assert self._loop is not None
+            self._timer = self._loop.call_at(at, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = self._timer_at = None
+        self.policy.pump(self.now())
+        self.arm()
+
+    def _observe(self, state: BackendState) -> None:
+        kind = state.backend.kind
+        sizes = {canonical_name(n, kind): float(m.size) for n, m in state.models.items()}
+        loaded = {canonical_name(n, kind): float(m.size) for n, m in state.loaded.items()}
+        try:
+            now = self.now()
+        except RuntimeError:
+            return  # polled outside a loop (tests building a pool by hand)
+        self.policy.observe(state.name, now, state.up, sizes, loaded)
+        self.arm()
