@@ -151,8 +151,9 @@ class SchedulerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     # How much a waiting batch request weighs against an interactive one when deciding to switch
     # a backend to its model.
     batch_weight: float = 0.25
-    # A model used this recently is likely wanted again: evicting it counts as a future reload.
-    recent: float = 60.0
+    # Evicting a model costs its reload times the requests expected for it within this many
+    # seconds (judged from its recent arrivals).
+    horizon: float = 300.0
     # Load time estimate until one is observed: load_fixed + size / load_gbps.
     load_fixed: float = 2.0
     load_gbps: float = 2.0
@@ -160,7 +161,7 @@ class SchedulerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     max_queue: int = 1024
 
     def __post_init__(self) -> None:
-        for name in ("aging", "recent", "load_fixed"):
+        for name in ("aging", "horizon", "load_fixed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: expected 0 or more seconds")
         if self.load_gbps <= 0 or self.batch_weight <= 0 or self.max_queue <= 0:

@@ -14,8 +14,8 @@ from tests.conftest import LiveHearth, eventually, hang_up_mid_stream, make_sett
 from tests.fakes import FakeOllama, FakeOpenAI, count_words, plan_chat, plan_completion
 
 from hearth.backends.pool import Pool
-from hearth.gateway.scheduler import Scheduler
 from hearth.gateway.records import RequestLog
+from hearth.gateway.scheduler import Scheduler
 from hearth.observability.metrics import Metrics
 
 PROMPT = "how warm is the living room"

@@ -19,26 +19,33 @@ The policy, in the order it is applied each time anything changes:
    advances the tenant's virtual time by cost / weight, so a tenant with weight 2 gets twice the
    tokens of a tenant with weight 1 when both wait); then arrival order.
 4. **Switch only when it pays.** A model that is not loaded on a backend gets loaded there when
-   the waiting cost of its queue reaches the cost of the switch:
+   the waiting cost of its queue reaches the cost of evicting what must make room:
 
        waiting cost = sum over its requests of w * (age + load time of the model)
-       switch cost  = load time of the model
-                      + for each model evicted to make room: its load time
-                        * (1 + sum of w over its waiting requests) if used in the last
-                        ``recent`` seconds or has waiting requests, else 0
+       switch cost  = for each model evicted: its load time * (requests waiting for it
+                      + requests expected for it, from a count of its recent arrivals that
+                      decays over ``horizon`` seconds, at most 1; 1 if it is busy)
 
-   where w is 1 for interactive and ``batch_weight`` for batch requests (1 once aged), times the
-   tenant's weight. Victims are the loaded models with the least waiting demand, least recently
-   used first. A victim still serving requests is drained: it gets no new requests on that
-   backend until it is idle, then Hearth unloads it (keep_alive 0) and sends the waiting
-   request. One switch at a time per backend, as Ollama loads one model at a time.
-5. **Bounded waits.** A request that has waited half its tenant's ``max_wait`` forces the switch
-   whatever its cost; one that waits ``max_wait`` is dropped (503 with Retry-After).
-6. **Several backends.** A request may go to any backend that serves its model: a loaded one
-   with a free slot first, in the caller's order; otherwise the switch goes where it costs least
-   (ties: where the model fits best). Requests waiting for a model that is loaded but busy
+   w is 1 for an interactive request and ``batch_weight`` for a batch one (1 once aged), times
+   the tenant's weight. An interactive request does not wait for its cost to build up
+   (``interactive_now``): it switches as soon as room can be made. Loading into free memory
+   costs nothing, so an idle backend is never left idle while requests wait.
+5. **Who may be evicted.** Batch work evicts only idle models nobody waits for, and leaves room
+   for the interactive models in use (each could still load next to the batch models that stay,
+   by the backend's fit rule), so a long batch generation never locks an interactive model
+   out. Interactive and urgent requests may take any model: one still serving requests is
+   drained (no new requests until idle), then unloaded (keep_alive 0) and the waiting request
+   sent. One switch at a time per backend, as Ollama loads one model at a time.
+6. **Bounded waits.** A request that has waited half its tenant's ``max_wait`` is urgent: its
+   switch happens whatever its cost, and may take any model; at ``max_wait`` it is dropped
+   (503 with Retry-After). Batch requests age into interactive ones after ``aging`` seconds.
+   So no request waits forever: a model is drained within one generation, and aging and
+   urgency outgrow any other request's claim.
+7. **Several backends.** A request may go to any backend that serves its model: a loaded one
+   with a free slot first, in the caller's order; otherwise the switch goes where it pays
+   most (ties: where the model fits best). Requests waiting for a model that is loaded but busy
    elsewhere weigh like any others, so a growing queue warms the model on a second backend,
-   at once when that backend is idle, later when it means evicting what others use.
+   at once when that backend has room.
 
 Backends that do not load models (OpenAI-compatible servers, cloud APIs) have every model ready
 and ``max_in_flight`` slots in all (unlimited when None).
@@ -73,10 +80,14 @@ class BackendSpec:
 class PolicySettings:
     aging: float = 120.0  # seconds after which a batch request competes as interactive
     batch_weight: float = 0.25  # a batch request's waiting cost relative to an interactive one
-    recent: float = 60.0  # a model used this recently is likely wanted again: evicting it costs
+    # Evicting a model costs its reload times the requests expected for it within this many
+    # seconds (a decaying count of recent arrivals, weighted like waiting requests; at most 1).
+    horizon: float = 300.0
+    interactive_now: bool = True  # an interactive request switches as soon as victims are idle
     load_fixed: float = 2.0  # load time estimate before one is observed: fixed + size / bandwidth
     load_bandwidth: float = 2e9  # bytes per second
     default_size: float = 5e9  # bytes, for a model whose size no backend has reported
+    memory_overhead: float = 0.1  # loaded size over file size, until /api/ps shows the real one
 
 
 @dataclass(eq=False, slots=True)
@@ -117,10 +128,12 @@ class _Runner:
 class _Backend:
     spec: BackendSpec
     up: bool = True
-    sizes: dict[str, float] = field(default_factory=dict)  # model -> bytes as reported
+    sizes: dict[str, float] = field(default_factory=dict)  # model -> file bytes (/api/tags)
+    memory: dict[str, float] = field(default_factory=dict)  # model -> bytes once loaded (/api/ps)
     runners: dict[str, _Runner] = field(default_factory=dict)
     in_flight: int = 0
     switching: str | None = None  # a model being loaded (granted, no first byte yet)
+    switch_ends: float = 0.0  # when that load should be done, by the estimate
     loads: int = 0  # switches started here
 
     def used(self) -> float:
@@ -152,6 +165,8 @@ class Policy:
         self._finish_tag: dict[str, float] = {}  # tenant -> virtual finish time of its last grant
         self._vtime = 0.0
         self._load_est: dict[tuple[str, str], float] = {}
+        self._arrivals: dict[str, tuple[float, float]] = {}  # model -> (decaying count, as of)
+        self._interactive: dict[str, tuple[float, float]] = {}  # the same, interactive requests only
         self._service_est: dict[str, float] = {}  # model -> moving average of grant-to-end seconds
         self._seq = itertools.count(1)
         self._pumping = False
@@ -171,6 +186,8 @@ class Policy:
         if up:
             b.sizes = dict(sizes)
             for model, size in loaded.items():
+                if size:
+                    b.memory[model] = size
                 r = b.runners.get(model)
                 if r is None:
                     b.runners[model] = _Runner(model, size, last_used=now)
@@ -186,6 +203,7 @@ class Policy:
         """Queue a request, or grant it at once when its model has a free slot and nobody waits."""
         job.seq = next(self._seq)
         job.arrived = now
+        self._note_arrival(job, now)
         job.position = self._waiting.get(job.model, 0)
         if job.position == 0:
             for name in job.backends:
@@ -210,25 +228,25 @@ class Policy:
         if job.started or job.backend is None:
             return
         job.started = True
-        b = self._backends[job.backend]
         if job.loads:
+            b = self._backends[job.backend]
             r = b.runners.get(job.model)
             if r is not None:
                 r.loading = False
             if b.switching == job.model:
                 b.switching = None
-            assert job.granted_at is not None
-            took = now - job.granted_at
-            key = (b.spec.name, job.model)
-            old = self._load_est.get(key)
-            self._load_est[key] = took if old is None else 0.5 * old + 0.5 * took
             self.pump(now)
 
-    def finish(self, job: Job, now: float, ok: bool = True) -> None:
-        """The request ended (or failed, or its client left): its slot is free."""
+    def finish(self, job: Job, now: float, ok: bool = True, load_seconds: float | None = None) -> None:
+        """The request ended (or failed, or its client left): its slot is free. ``load_seconds``:
+        the load time the backend reported (Ollama's load_duration), if this request loaded."""
         if job.backend is None:
             return
         b = self._backends[job.backend]
+        if job.loads and load_seconds is not None and load_seconds > 0:
+            key = (b.spec.name, job.model)
+            old = self._load_est.get(key)
+            self._load_est[key] = load_seconds if old is None else 0.5 * old + 0.5 * load_seconds
         r = b.runners.get(job.model)
         b.in_flight -= 1
         if ok and job.granted_at is not None:
@@ -301,9 +319,10 @@ class Policy:
                     if j.priority == BATCH:
                         times.append(j.arrived + s.aging)
         for b in self._backends.values():
+            if b.switching is not None:
+                times.append(b.switch_ends)
             for r in b.runners.values():
                 if r.in_flight == 0 and b.spec.loads_models:
-                    times.append(r.last_used + s.recent)
                     times.append(r.last_used + b.spec.keep_alive)
         times.extend(self._switch_due)
         future = [t for t in times if t > now]
@@ -375,6 +394,10 @@ class Policy:
 
     def _drop_expired(self, now: float) -> None:
         for b in self._backends.values():
+            if b.switching is not None and now >= b.switch_ends:
+                # Loaded by now, by the estimate: the first byte may wait on a long prompt, but
+                # the backend can take the next switch.
+                b.switching = None
             if b.spec.loads_models:
                 for r in [r for r in b.runners.values() if r.in_flight == 0 and not r.loading]:
                     if now - r.last_used >= b.spec.keep_alive:
@@ -424,7 +447,7 @@ class Policy:
 
     def _switch(self, now: float) -> bool:
         """Start the switch that pays most, or drain the models it needs evicted first."""
-        cands: list[tuple[tuple[bool, float, float], str, str, list[_Runner]]] = []
+        cands: list[tuple[tuple[bool, bool, float, float], str, str, list[_Runner]]] = []
         for model, count in self._waiting.items():
             if not count:
                 continue
@@ -435,20 +458,26 @@ class Policy:
                     continue
                 if model in b.runners or (b.sizes and model not in b.sizes):
                     continue
-                victims = self._victims(b, model, now)
+                counted = [j for j in jobs if name in j.backends]
+                urgent = any(j.max_wait is not None and now - j.arrived >= j.max_wait / 2 for j in counted)
+                interactive = any(j.priority == INTERACTIVE for j in counted)
+                # Only an interactive or urgent request may take a model others wait for (or
+                # still use); batch work also keeps room for the interactive models in use.
+                may_take = urgent or interactive
+                # Past half its bound, batch work may also take the interactive models' room.
+                victims = self._victims(b, model, now, may_take, protect=not (interactive or urgent))
                 if victims is None:
                     continue
-                counted = [j for j in jobs if name in j.backends]
                 load = self.load_estimate(name, model)
-                urgent = any(j.max_wait is not None and now - j.arrived >= j.max_wait / 2 for j in counted)
                 wsum = sum(self._w(j, now) for j in counted)
                 pressure = sum(self._w(j, now) * (now - j.arrived + load) for j in counted)
-                cost = load + sum(self._evict_cost(b, v, now) for v in victims)
-                if not urgent and pressure < cost:
+                cost = sum(self._evict_cost(b, v, now) for v in victims)
+                forced = urgent or (interactive and self.settings.interactive_now)
+                if not forced and pressure < cost:
                     self._switch_due.append(now + (cost - pressure) / wsum)
                     continue
                 leftover = self._free(b) - self._size(b, model)
-                cands.append(((urgent, pressure - cost, -leftover), name, model, victims))
+                cands.append(((urgent, interactive, pressure - cost, -leftover), name, model, victims))
         for b in self._backends.values():
             for r in b.runners.values():
                 r.draining = False
@@ -461,10 +490,9 @@ class Policy:
             taken_backends.add(name)
             taken_models.add(model)
             b = self._backends[name]
-            busy = [v for v in victims if v.in_flight > 0]
-            if busy:
-                for v in busy:
-                    v.draining = True  # no new requests until idle, then the switch happens
+            if any(v.in_flight > 0 for v in victims):
+                for v in victims:
+                    v.draining = True  # no new requests until all are idle, then the switch
                 continue
             job = self._pick(model, name, now)
             if job is None:
@@ -476,6 +504,7 @@ class Policy:
             r = _Runner(model, self._size(b, model), loading=True, last_used=now)
             b.runners[model] = r
             b.switching = model
+            b.switch_ends = now + self.load_estimate(name, model)
             job.loads = True
             self.loads += 1
             b.loads += 1
@@ -483,14 +512,24 @@ class Policy:
             return True  # the picture changed: weigh the rest again
         return False
 
-    def _victims(self, b: _Backend, model: str, now: float) -> list[_Runner] | None:
-        """The cheapest loaded models to evict so that ``model`` fits, or None if it cannot."""
+    def _victims(
+        self, b: _Backend, model: str, now: float, may_take: bool, protect: bool
+    ) -> list[_Runner] | None:
+        """The cheapest loaded models to evict so that ``model`` fits, or None if it cannot.
+        Without ``may_take`` only idle models nobody waits for are candidates. With ``protect``
+        (batch switches), enough must go that each interactive model in use could still load
+        next to the batch models left: a long batch generation never keeps it out."""
         spec = b.spec
         size = self._size(b, model)
         order = sorted(
-            (r for r in b.runners.values() if not r.loading),
+            (
+                r
+                for r in b.runners.values()
+                if not r.loading and (may_take or (r.in_flight == 0 and not self._waiting.get(r.model)))
+            ),
             key=lambda r: (self._evict_cost(b, r, now), r.in_flight, r.last_used),
         )
+        hot = self._hot_interactive(b, now) - {model} if protect else set()
         victims: list[_Runner] = []
         count = len(b.runners)
         used = b.used()
@@ -501,15 +540,48 @@ class Policy:
                 used -= r.size
             fits_count = spec.max_loaded is None or count < spec.max_loaded
             fits_mem = spec.memory is None or count == 0 or size <= spec.fit_fraction * (spec.memory - used)
-            if fits_count and fits_mem:
+            if fits_count and fits_mem and (not hot or self._room_for(b, model, victims, hot)):
                 return victims
         return None
 
+    def _hot_interactive(self, b: _Backend, now: float) -> set[str]:
+        """Models interactive requests used lately (or wait for) that this backend serves."""
+        hot = {m for m in self._interactive if self._recent(self._interactive, m, now) >= 0.5}
+        hot.update(j.model for q in self._queues.values() for js in q.values() for j in js
+                   if j.priority == INTERACTIVE)
+        return {m for m in hot if not b.sizes or m in b.sizes}
+
+    def _room_for(self, b: _Backend, model: str, victims: list[_Runner], hot: set[str]) -> bool:
+        """Whether each hot interactive model could load next to the batch models that would
+        stay (``model`` included), by the backend's own fit rule, evicting only interactive ones."""
+        spec = b.spec
+        gone = {v.model for v in victims}
+        batch = [r.model for r in b.runners.values() if r.model not in gone and r.model not in hot]
+        batch.append(model)
+        if spec.max_loaded is not None and len(batch) + 1 > spec.max_loaded:
+            return False
+        if spec.memory is None:
+            return True
+        free = spec.memory - sum(self._size(b, m) for m in batch)
+        return all(self._size(b, m) <= spec.fit_fraction * free for m in hot)
+
     def _evict_cost(self, b: _Backend, r: _Runner, now: float) -> float:
         demand = sum(self._w(j, now) for j in self._jobs(r.model) if b.spec.name in j.backends)
-        if demand == 0 and r.in_flight == 0 and now - r.last_used >= self.settings.recent:
-            return 0.0
-        return self.load_estimate(b.spec.name, r.model) * (1.0 + demand)
+        expected = 1.0 if r.in_flight else min(1.0, self._recent_demand(r.model, now))
+        return self.load_estimate(b.spec.name, r.model) * (demand + expected)
+
+    def _note_arrival(self, job: Job, now: float) -> None:
+        self._arrivals[job.model] = (self._recent(self._arrivals, job.model, now) + self._w(job, now), now)
+        if job.priority == INTERACTIVE:
+            self._interactive[job.model] = (self._recent(self._interactive, job.model, now) + 1.0, now)
+
+    def _recent_demand(self, model: str, now: float) -> float:
+        return self._recent(self._arrivals, model, now)
+
+    def _recent(self, counts: dict[str, tuple[float, float]], model: str, now: float) -> float:
+        """A count of arrivals that decays by e every ``horizon`` seconds."""
+        value, then = counts.get(model, (0.0, now))
+        return value * math.exp((then - now) / self.settings.horizon)
 
     # ---- helpers ------------------------------------------------------------------------------
 
@@ -578,15 +650,17 @@ class Policy:
         return True
 
     def _size(self, b: _Backend, model: str) -> float:
+        """Memory the model takes once loaded: as /api/ps last showed it, else its file size plus
+        ``memory_overhead`` for the KV cache and buffers."""
         r = b.runners.get(model)
         if r is not None and r.size:
             return r.size
-        size = b.sizes.get(model)
-        if size:
-            return size
-        for o in self._backends.values():
+        for o in (b, *self._backends.values()):
+            if o.memory.get(model):
+                return o.memory[model]
+        for o in (b, *self._backends.values()):
             if o.sizes.get(model):
-                return o.sizes[model]
+                return o.sizes[model] * (1 + self.settings.memory_overhead)
         return self.settings.default_size
 
     def _free(self, b: _Backend) -> float:

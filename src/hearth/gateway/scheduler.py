@@ -99,7 +99,7 @@ class Scheduler:
             PolicySettings(
                 aging=s.aging,
                 batch_weight=s.batch_weight,
-                recent=s.recent,
+                horizon=s.horizon,
                 load_fixed=s.load_fixed,
                 load_bandwidth=s.load_gbps * 1e9,
             ),

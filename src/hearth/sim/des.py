@@ -1,0 +1,203 @@
+"""The discrete-event simulator: one workload trace, two ways to serve it.
+
+``ollama``: every client sends straight to its Ollama server (tenant i to server i mod N, as
+each service points its OLLAMA_BASE_URL at one box) and Ollama's FIFO scheduler decides.
+``hearth``: every request goes through Hearth's scheduling policy (``gateway/policy.py``, the
+code the gateway runs), which sends it to a server when it grants a slot, unloading the models
+it chose to evict first, and polls the servers' loaded models every ``poll_s`` as discovery does.
+
+Both use the same model of Ollama (``sim/ollama.py``) and report the same figures: a request's
+wait runs from its arrival to the moment its prompt evaluation starts on a loaded runner.
+Events are ordered by time, then by the order they were scheduled, so a run is deterministic.
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from hearth.gateway.policy import BATCH, INTERACTIVE, BackendSpec, Job, Policy, PolicySettings
+from hearth.sim.ollama import OllamaModel
+from hearth.sim.report import Outcome
+from hearth.sim.specs import SimRequest
+from hearth.sim.workload import Arrival, Workload
+
+GB = 1e9
+POLICIES = ("ollama", "hearth")
+
+
+@dataclass(slots=True)
+class Result:
+    policy: str
+    outcomes: list[Outcome]
+    loads: int
+
+
+class _Clock:
+    """A heap of (time, sequence, action)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+
+    def at(self, t: float, action: Callable[[], None]) -> None:
+        heapq.heappush(self._heap, (max(t, self.now), next(self._seq), action))
+
+    def run(self, after_each: Callable[[], None]) -> None:
+        while self._heap:
+            t, _, action = heapq.heappop(self._heap)
+            self.now = t
+            action()
+            after_each()
+
+
+class _Servers:
+    """The Ollama models and their timers."""
+
+    def __init__(self, wl: Workload, clock: _Clock, on_start: Callable[[SimRequest, float], None],
+                 on_reject: Callable[[SimRequest, float], None]) -> None:
+        self.clock = clock
+        self.names = [f"ollama-{i + 1}" for i in range(wl.servers)]
+        self.models = {n: OllamaModel(wl.server, wl.models, on_start, on_reject) for n in self.names}
+        self._armed: dict[str, float | None] = dict.fromkeys(self.names)
+
+    def arm(self) -> None:
+        for name, m in self.models.items():
+            t = m.next_timer()
+            if t is not None and t != self._armed[name]:
+                self._armed[name] = t
+                self.clock.at(t, functools.partial(self._advance, m))
+
+    def _advance(self, model: OllamaModel) -> None:
+        model.advance(self.clock.now)
+
+    @property
+    def loads(self) -> int:
+        return sum(m.loads for m in self.models.values())
+
+
+def simulate(
+    wl: Workload, policy: str, settings: PolicySettings | None = None, poll_s: float = 10.0
+) -> Result:
+    if policy not in POLICIES:
+        raise ValueError(f"unknown policy {policy!r}: expected one of {', '.join(POLICIES)}")
+    clock = _Clock()
+    outcomes: dict[int, Outcome] = {}
+    servers: _Servers
+
+    def service_s(req: SimRequest) -> float:
+        return next(iter(servers.models.values())).generation_seconds(req)
+
+    def on_start(req: SimRequest, now: float) -> None:
+        outcomes[req.id].started_at = now
+        model = servers.models[str(req.tags["server"])]
+        job = req.tags.get("job")
+        if isinstance(job, Job):
+            clock.at(now + model.prompt_seconds(req), lambda: pol.started(job, clock.now))
+
+        def done() -> None:
+            model.finish(req, clock.now)
+            outcomes[req.id].finished_at = clock.now
+            if isinstance(job, Job):
+                assert req.submitted_at is not None
+                # What Ollama reports as load_duration: queueing and loading before the start.
+                pol.finish(job, clock.now, load_seconds=now - req.submitted_at if job.loads else None)
+
+        clock.at(now + model.generation_seconds(req), done)
+
+    def on_reject(req: SimRequest, now: float) -> None:
+        outcomes[req.id].rejected = req.rejected or "server busy"
+        job = req.tags.get("job")
+        if isinstance(job, Job):
+            pol.finish(job, now, ok=False)
+
+    servers = _Servers(wl, clock, on_start, on_reject)
+    tenant_names = list(wl.tenants)
+
+    def request(i: int, a: Arrival, server: str) -> SimRequest:
+        return SimRequest(i, a.model, a.prompt_tokens, a.output_tokens, tags={"server": server})
+
+    if policy == "ollama":
+        def arrive(i: int, a: Arrival) -> None:
+            server = servers.names[tenant_names.index(a.tenant) % len(servers.names)]
+            req = request(i, a, server)
+            outcomes[i] = Outcome(a, None, None, service_s(req))
+            servers.models[server].submit(req, clock.now)
+
+        after = servers.arm
+    else:
+        s = wl.server
+        specs = [
+            BackendSpec(
+                name,
+                slots_per_model=s.num_parallel,
+                max_loaded=s.max_loaded_models,
+                memory=s.memory_gb * GB,
+                fit_fraction=s.fit_fraction,
+                keep_alive=s.keep_alive_s,
+            )
+            for name in servers.names
+        ]
+        def grant(job: Job) -> None:
+            assert job.backend is not None
+            model = servers.models[job.backend]
+            for victim in job.unload:
+                model.unload(victim, clock.now)
+            req: SimRequest = job.tag
+            req.tags["server"] = job.backend
+            req.tags["job"] = job
+            model.submit(req, clock.now)
+
+        def drop(job: Job) -> None:
+            req: SimRequest = job.tag
+            outcomes[req.id].rejected = "timed out"
+
+        pol = Policy(specs, settings or PolicySettings(), grant, drop)
+        sizes = {m.name: m.size_gb * GB for m in wl.models.values()}
+
+        def poll() -> None:
+            for name, m in servers.models.items():
+                pol.observe(name, clock.now, True, sizes, {k: v * GB for k, v in m.loaded().items()})
+            if len(outcomes) < len(wl.arrivals) or any(o.finished_at is None and o.rejected is None
+                                                      for o in outcomes.values()):
+                clock.at(clock.now + poll_s, poll)
+
+        def arrive(i: int, a: Arrival) -> None:
+            t = wl.tenants[a.tenant]
+            req = request(i, a, "")
+            outcomes[i] = Outcome(a, None, None, service_s(req))
+            if t.max_queue is not None and pol.waiting(a.tenant) >= t.max_queue:
+                outcomes[i].rejected = "queue full"
+                return
+            job = Job(
+                a.tenant,
+                a.model,
+                tuple(servers.names),
+                clock.now,
+                priority=INTERACTIVE if a.priority == "interactive" else BATCH,
+                weight=t.weight,
+                max_wait=t.max_wait_s,
+                cost=a.prompt_tokens + a.output_tokens,
+                tag=req,
+            )
+            pol.submit(job, clock.now)
+
+        pumps: set[float] = set()
+
+        def after() -> None:
+            servers.arm()
+            t = pol.next_deadline(clock.now)
+            if t is not None and t not in pumps:
+                pumps.add(t)
+                clock.at(t, lambda: pol.pump(clock.now))
+
+        clock.at(0.0, poll)
+
+    for i, a in enumerate(wl.arrivals):
+        clock.at(a.t, functools.partial(arrive, i, a))
+    clock.run(after)
+    return Result(policy, [outcomes[i] for i in range(len(wl.arrivals))], servers.loads)
