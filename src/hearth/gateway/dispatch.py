@@ -30,6 +30,7 @@ from hearth.gateway.records import (
     RequestLog,
     Trace,
     estimate_tokens,
+    peek_load_seconds,
     peek_usage,
     records_estimate,
     reply_chars,
@@ -83,12 +84,13 @@ class _Lease:
     """One request's hold on a backend: its scheduler slot, the in-flight count and the breaker
     outcome, settled once."""
 
-    __slots__ = ("_done", "state", "ticket")
+    __slots__ = ("_done", "load_seconds", "state", "ticket")
 
     def __init__(self, state: BackendState, ticket: Ticket) -> None:
         self.state = state
         self.ticket = ticket
         self._done = False
+        self.load_seconds: float | None = None  # what the backend reported, when this call loaded
         state.in_flight += 1
         state.breaker.begin()
 
@@ -103,7 +105,7 @@ class _Lease:
             return
         self._done = True
         self.state.in_flight -= 1
-        self.ticket.release(ok is not False)
+        self.ticket.release(ok is not False, self.load_seconds)
         if ok is None:
             self.state.breaker.abandon()
         elif ok:
@@ -135,6 +137,8 @@ class Passthrough:
             self._lease.settle(None)
             self._trace.finish(499, "client disconnected")
             raise
+        if self._dialect == "ollama" and self._lease.ticket.loads:
+            self._lease.load_seconds = peek_load_seconds(body)
         self._lease.settle(True)
         self._lease.first_byte(self._trace)
         tokens = peek_usage(self._dialect, body)
@@ -178,6 +182,8 @@ class Passthrough:
             raise
         finally:
             self.raw.close()
+            if ok and self._dialect == "ollama" and lease.ticket.loads:
+                lease.load_seconds = peek_load_seconds(last)
             self._lease.settle(True if ok else None)
             if ok:
                 tokens = peek_usage(self._dialect, last)
@@ -208,6 +214,8 @@ class Translated:
                 self._lease.first_byte(trace)
                 if c.usage is not None:
                     usage = c.usage
+                    if usage.load_duration:
+                        self._lease.load_seconds = usage.load_duration / 1e9
                 chars += len(c.content) + len(c.thinking)
                 yield c
             ok = True

@@ -53,6 +53,7 @@ log = logging.getLogger("hearth.records")
 class _OllamaCounts(msgspec.Struct):
     prompt_eval_count: int | None = None
     eval_count: int | None = None
+    load_duration: int | None = None  # ns
 
 
 class _OpenAIUsage(msgspec.Struct):
@@ -122,6 +123,15 @@ def reply_chars(body: bytes) -> int:
 def records_estimate(dialect: str, endpoint: str, records: int) -> int:
     """Completion tokens of a relayed stream of ``records`` records: one a record, less framing."""
     return max(0, records - _FRAMING_RECORDS.get((dialect, endpoint), 1))
+
+
+def peek_load_seconds(record: bytes) -> float | None:
+    """Ollama's load_duration from a final NDJSON record or whole reply, in seconds."""
+    try:
+        c = _ollama_dec.decode(record.rstrip().rsplit(b"\n", 1)[-1])
+    except msgspec.DecodeError:
+        return None
+    return None if c.load_duration is None else c.load_duration / 1e9
 
 
 def peek_usage(dialect: str, record: bytes) -> tuple[int | None, int | None]:

@@ -81,11 +81,16 @@ class Ticket:
             self._sched.policy.started(self.job, self._sched.now())
             self._sched.arm()
 
-    def release(self, ok: bool = True) -> None:
+    @property
+    def loads(self) -> bool:
+        """This call makes the backend load its model (its load time is worth learning)."""
+        return self.job.loads
+
+    def release(self, ok: bool = True, load_seconds: float | None = None) -> None:
         if self._done:
             return
         self._done = True
-        self._sched.policy.finish(self.job, self._sched.now(), ok)
+        self._sched.policy.finish(self.job, self._sched.now(), ok, load_seconds)
         self._sched.arm()
 
 

@@ -1,0 +1,255 @@
+"""The scheduling policy on its own (gateway/policy.py): a clock passed by hand, no I/O."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hearth.gateway.policy import BATCH, INTERACTIVE, BackendSpec, Job, Policy, PolicySettings
+
+GB = 1e9
+
+
+class Harness:
+    """A policy with its grants and drops recorded in order."""
+
+    def __init__(self, *specs: BackendSpec, **settings: float | bool) -> None:
+        self.granted: list[Job] = []
+        self.dropped: list[Job] = []
+        self.policy = Policy(
+            specs or [BackendSpec("b", memory=48 * GB)],
+            PolicySettings(**settings),  # type: ignore[arg-type]
+            self.granted.append,
+            self.dropped.append,
+        )
+
+    def job(self, model: str, now: float, tenant: str = "t", **kw: object) -> Job:
+        backends = tuple(kw.pop("backends", None) or list(self.policy._backends))  # type: ignore[call-overload]
+        j = Job(tenant, model, backends, now, **kw)  # type: ignore[arg-type]
+        self.policy.submit(j, now)
+        return j
+
+    def loaded(
+        self, backend: str, sizes: dict[str, float], now: float = 0.0, also: tuple[str, ...] = ()
+    ) -> None:
+        """The backend serves ``sizes`` (and ``also``, 5 GB each) and has ``sizes`` loaded."""
+        served = {**dict.fromkeys(also, 5 * GB), **sizes}
+        self.policy.observe(backend, now, True, served, sizes)
+
+
+def test_a_free_slot_on_a_loaded_model_is_granted_at_once() -> None:
+    h = Harness()
+    h.loaded("b", {"m": 5 * GB})
+    j = h.job("m", 1.0)
+    assert j.backend == "b" and j.position == 0 and not j.loads and j.unload == ()
+    assert h.granted == [j]
+
+
+def test_at_most_num_parallel_requests_per_model_reach_the_backend() -> None:
+    h = Harness(BackendSpec("b", slots_per_model=2))
+    h.loaded("b", {"m": 5 * GB})
+    jobs = [h.job("m", 1.0) for _ in range(4)]
+    assert [j.backend for j in jobs] == ["b", "b", None, None]
+    assert [j.position for j in jobs] == [0, 0, 0, 1]
+    h.policy.finish(jobs[0], 2.0)
+    assert jobs[2].backend == "b" and jobs[3].backend is None
+
+
+def test_interactive_goes_before_batch_until_batch_has_aged() -> None:
+    h = Harness(aging=60.0)
+    h.loaded("b", {"m": 5 * GB})
+    busy = h.job("m", 0.0)
+    batch = h.job("m", 1.0, tenant="ci", priority=BATCH)
+    chat = h.job("m", 2.0, tenant="chat", priority=INTERACTIVE)
+    h.policy.finish(busy, 10.0)
+    assert chat.backend == "b" and batch.backend is None
+    # Now the batch request has waited past `aging`: it competes as interactive and was first.
+    late = h.job("m", 70.0, tenant="chat")
+    h.policy.finish(chat, 80.0)
+    assert batch.backend == "b" and late.backend is None
+
+
+def test_weighted_fair_sharing_follows_start_time_fair_queueing() -> None:
+    h = Harness()
+    h.loaded("b", {"m": 5 * GB})
+    first = h.job("m", 0.0, tenant="x")
+    a = [h.job("m", 1.0, tenant="a", weight=1.0, cost=100.0) for _ in range(4)]
+    b = [h.job("m", 1.0, tenant="b", weight=3.0, cost=100.0) for _ in range(8)]
+    order: list[str] = []
+    current = first
+    for t in range(12):
+        h.policy.finish(current, 10.0 + t)
+        current = h.granted[-1]
+        order.append(current.tenant)
+    # Finish tags: a every 100, b every 33.3; ties go to the earlier arrival (a was queued first).
+    assert order == ["a", "b", "b", "b", "a", "b", "b", "b", "a", "b", "b", "a"]
+    assert all(j.backend == "b" for j in a + b)
+
+
+def test_a_model_loads_at_once_into_free_memory() -> None:
+    h = Harness()
+    h.policy.observe("b", 0.0, True, {"m": 5 * GB}, {})
+    j = h.job("m", 0.0, priority=BATCH)
+    assert j.backend == "b" and j.loads and h.policy.loads == 1
+
+
+def test_batch_work_never_evicts_a_model_others_wait_for() -> None:
+    h = Harness(BackendSpec("b", max_loaded=1))
+    h.loaded("b", {"busy": 5 * GB}, also=("other",))
+    running = h.job("busy", 0.0)
+    queued = h.job("busy", 0.0)
+    other = h.job("other", 0.0, priority=BATCH, max_wait=1000.0)
+    h.policy.pump(400.0)
+    assert other.backend is None  # not urgent yet, and "busy" has a queue
+    h.policy.finish(running, 401.0)
+    assert queued.backend == "b"  # affinity: the loaded model's queue first
+    # Half its bound: the batch request is urgent; "busy" is drained, then unloaded.
+    h.policy.pump(500.0)
+    assert other.backend is None
+    h.policy.finish(queued, 510.0)
+    assert other.backend == "b" and other.loads and other.unload == ("busy",)
+
+
+def test_an_interactive_request_drains_a_busy_model_then_switches() -> None:
+    h = Harness(BackendSpec("b", max_loaded=1))
+    h.loaded("b", {"m": 5 * GB}, also=("n",))
+    running = h.job("m", 0.0, priority=BATCH)
+    chat = h.job("n", 1.0, priority=INTERACTIVE)
+    more = h.job("m", 2.0, priority=BATCH)  # must not get "m" while it drains
+    assert chat.backend is None and more.backend is None
+    h.policy.finish(running, 30.0)
+    assert chat.backend == "b" and chat.unload == ("m",) and more.backend is None
+
+
+def test_requests_past_their_bound_are_dropped() -> None:
+    h = Harness(BackendSpec("b", max_loaded=1))
+    h.loaded("b", {"m": 5 * GB})
+    running = h.job("m", 0.0)
+    late = h.job("m", 0.0, max_wait=10.0)
+    assert h.policy.next_deadline(0.0) == 5.0  # half the bound: the urgency check
+    h.policy.pump(10.0)
+    assert h.dropped == [late] and late.dropped == "timeout" and late.backend is None
+    assert h.policy.waiting() == 0
+    h.policy.finish(running, 11.0)
+
+
+def test_a_cancelled_request_leaves_the_queue() -> None:
+    h = Harness()
+    h.loaded("b", {"m": 5 * GB})
+    running = h.job("m", 0.0)
+    gone = h.job("m", 0.0)
+    stays = h.job("m", 0.0)
+    h.policy.cancel(gone, 1.0)
+    h.policy.finish(running, 2.0)
+    assert gone.backend is None and stays.backend == "b"
+
+
+def test_a_model_loaded_but_busy_is_warmed_on_an_idle_second_backend() -> None:
+    h = Harness(BackendSpec("one", memory=48 * GB), BackendSpec("two", memory=48 * GB))
+    h.loaded("one", {"m": 5 * GB})
+    h.policy.observe("two", 0.0, True, {"m": 5 * GB}, {})
+    first = h.job("m", 0.0)
+    second = h.job("m", 0.0)
+    assert first.backend == "one" and second.backend == "two" and second.loads
+
+
+def test_batch_work_keeps_room_for_an_interactive_model_in_use() -> None:
+    # 48 GB, fit 80%. "big" (25 GB on disk, 27.5 loaded) would fit next to "coder" (10 GB), but
+    # then only 10.5 GB stay free, too little to load "chat" (11 GB) while both batch models are
+    # busy. So the batch switch evicts the idle coder too.
+    h = Harness(BackendSpec("b", memory=48 * GB, max_loaded=3))
+    files = {"big": 25 * GB, "coder": 10 * GB, "chat": 10 * GB}
+    h.policy.observe("b", 0.0, True, files, {"coder": 10 * GB, "chat": 11 * GB})
+    chat = h.job("chat", 0.0, tenant="ha", priority=INTERACTIVE)
+    h.policy.finish(chat, 5.0)
+    h.policy.observe("b", 60.0, True, files, {"coder": 10 * GB})  # chat unloaded (keep_alive)
+    big = h.job("big", 100.0, tenant="planner", priority=BATCH)
+    assert big.backend == "b" and big.unload == ("coder",)
+
+
+def test_without_interactive_use_batch_models_share_the_backend() -> None:
+    h = Harness(BackendSpec("b", memory=48 * GB, max_loaded=3))
+    files = {"big": 25 * GB, "coder": 10 * GB}
+    h.policy.observe("b", 0.0, True, files, {"coder": 10 * GB})
+    big = h.job("big", 100.0, tenant="planner", priority=BATCH)
+    assert big.backend == "b" and big.unload == ()
+
+
+# ---- properties -----------------------------------------------------------------------------
+
+MODELS = {"a": 5 * GB, "b": 10 * GB, "c": 10 * GB, "d": 27 * GB}
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(0, 600),  # arrival
+            st.sampled_from(sorted(MODELS)),
+            st.sampled_from(["t1", "t2", "t3"]),
+            st.sampled_from([INTERACTIVE, BATCH]),
+            st.floats(1, 120),  # service seconds
+            st.sampled_from([None, 100.0, 1000.0]),  # max_wait
+        ),
+        min_size=1,
+        max_size=60,
+    ),
+    st.integers(1, 2),
+)
+def test_every_request_is_served_or_dropped_at_its_bound_and_capacity_holds(
+    reqs: list[tuple[float, str, str, int, float, float | None]], parallel: int
+) -> None:
+    """Driven by a tiny event loop with loads of 5 s: every request is granted (no starvation),
+    or dropped exactly at its bound; never more than `parallel` per model, never more models or
+    memory than the backend holds."""
+    events: list[tuple[float, int, str, Job]] = []
+    seq = itertools.count()
+    service: dict[int, float] = {}
+    spec = BackendSpec("b", slots_per_model=parallel, max_loaded=3, memory=48 * GB)
+    h = Harness(spec, aging=120.0)
+    h.policy.observe("b", 0.0, True, MODELS, {})
+    running: dict[str, int] = {}
+
+    def on_grant(job: Job) -> None:
+        h.granted.append(job)
+        for victim in job.unload:
+            assert running.get(victim, 0) == 0, "evicted a model still serving"
+        running[job.model] = running.get(job.model, 0) + 1
+        assert running[job.model] <= parallel
+        backend = h.policy._backends["b"]
+        assert len(backend.runners) <= 3
+        assert backend.used() <= 48 * GB
+        assert job.granted_at is not None
+        heapq.heappush(events, (job.granted_at + 5.0 * job.loads + service[id(job)], next(seq), "end", job))
+
+    h.policy._on_grant = on_grant
+    jobs = []
+    for t, model, tenant, prio, svc, bound in sorted(reqs):
+        j = Job(tenant, model, ("b",), t, priority=prio, max_wait=bound)
+        service[id(j)] = svc
+        jobs.append(j)
+        heapq.heappush(events, (t, next(seq), "arrive", j))
+    now = 0.0
+    while True:
+        due = h.policy.next_deadline(now)
+        if events and (due is None or events[0][0] <= due):
+            now, _, kind, job = heapq.heappop(events)
+            if kind == "arrive":
+                h.policy.submit(job, now)
+            else:
+                running[job.model] -= 1
+                h.policy.finish(job, now)
+        elif due is not None:
+            now = due
+            h.policy.pump(now)
+        else:
+            break  # nothing will happen any more: whatever still waits is starved
+    assert h.policy.waiting() == 0
+    for j in jobs:
+        if j.dropped is None:
+            assert j.backend == "b"
+        else:
+            assert j.max_wait is not None and j.backend is None
