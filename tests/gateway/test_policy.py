@@ -227,7 +227,7 @@ def test_every_request_is_served_or_dropped_at_its_bound_and_capacity_holds(
 
     h.policy._on_grant = on_grant
     jobs = []
-    for t, model, tenant, prio, svc, bound in sorted(reqs):
+    for t, model, tenant, prio, svc, bound in sorted(reqs, key=lambda r: r[0]):
         j = Job(tenant, model, ("b",), t, priority=prio, max_wait=bound)
         service[id(j)] = svc
         jobs.append(j)
