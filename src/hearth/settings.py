@@ -440,12 +440,18 @@ backends:
   - name: local
     kind: ollama           # native Ollama API
     url: http://127.0.0.1:11434
+    # What the server can hold, for the scheduler: match the server's own settings.
+    num_parallel: 1        # OLLAMA_NUM_PARALLEL: requests at once per loaded model
+    max_loaded_models: 3   # OLLAMA_MAX_LOADED_MODELS
+    memory_gb: null        # RAM/VRAM it may fill, e.g. 48; null: only max_loaded_models limits
+    keep_alive: 300        # OLLAMA_KEEP_ALIVE in seconds
   # - name: gpu-box        # example: a second Ollama
   #   kind: ollama
   #   url: http://192.168.1.20:11434
   # - name: vllm           # example: any OpenAI-compatible server (vLLM, llama.cpp, LM Studio)
   #   kind: openai
   #   url: http://192.168.1.30:8000/v1
+  #   max_concurrent: 16   # requests in flight at once (OpenAI-compatible); null: no limit, no queue
   # - name: openai         # example: a cloud API; disabled while OPENAI_API_KEY is unset
   #   kind: openai
   #   url: https://api.openai.com/v1
@@ -474,8 +480,19 @@ tenants: {}
 #     tokens_per_day: 2000000
 #     tokens_per_month: 20000000
 #     max_concurrent: 2
-#     priority: batch      # interactive work goes first (scheduler)
+#     priority: batch      # interactive work goes first (scheduler), batch after waiting `aging`
+#     weight: 1            # share when several tenants wait for the same backend
+#     max_queue: 256       # requests waiting at once; more get 429
+#     max_wait: 1800       # seconds a request may wait for a backend; then 503
 # tenant_defaults: {rpm: 60}   # for tenants not listed here (created by `hearth keys create`)
+
+scheduler:                 # fair, model-aware queues in front of each backend (README: the scheduler)
+  aging: 120               # seconds after which a batch request competes as interactive
+  batch_weight: 0.25       # a waiting batch request's weight against an interactive one
+  horizon: 300             # seconds of recent use that make a model costly to evict
+  load_fixed: 2            # load time estimate until one is observed: load_fixed + size / load_gbps
+  load_gbps: 2
+  max_queue: 1024          # requests waiting in all
 
 redis:                     # limits shared by several Hearth processes (see README)
   url: null                # e.g. redis://127.0.0.1:6379/0 (Redis or Valkey); null: this process's memory
