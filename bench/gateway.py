@@ -364,7 +364,9 @@ class Services:
             f"log_level: {self.log_level}}}\n"
             "discovery: {interval: 3600}\n"
             "backends:\n"
-            f'  - {{name: fast, kind: ollama, url: "{backend_url}"}}\n' + auth
+            # The fast backend answers any number of requests at once: give the scheduler as
+            # many slots as the load has clients, so it measures overhead, not queueing.
+            f'  - {{name: fast, kind: ollama, url: "{backend_url}", num_parallel: 1024}}\n' + auth
         )
         hearth_bin = Path(sys.executable).with_name("hearth")
         cmd = [str(hearth_bin)] if hearth_bin.exists() else [py, "-m", "hearth.cli"]

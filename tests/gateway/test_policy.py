@@ -53,7 +53,7 @@ def test_at_most_num_parallel_requests_per_model_reach_the_backend() -> None:
     h.loaded("b", {"m": 5 * GB})
     jobs = [h.job("m", 1.0) for _ in range(4)]
     assert [j.backend for j in jobs] == ["b", "b", None, None]
-    assert [j.position for j in jobs] == [0, 0, 0, 1]
+    assert [j.position for j in jobs] == [0, 0, 1, 2]
     h.policy.finish(jobs[0], 2.0)
     assert jobs[2].backend == "b" and jobs[3].backend is None
 

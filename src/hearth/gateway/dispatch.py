@@ -250,8 +250,8 @@ class Embedding:
 
 
 def queue_headers(trace: Trace) -> dict[str, str]:
-    """What the client may want to know of its wait: requests ahead of it for the same model
-    when it arrived, and the milliseconds it waited for a backend slot."""
+    """What the client may want to know of its wait: its place in the queue for its model when
+    it arrived (1: next in line; 0: it did not queue), and the milliseconds it waited."""
     return {
         "X-Hearth-Queue-Position": str(trace.queue_position),
         "X-Hearth-Queue-Wait-Ms": f"{trace.queue_wait_ms:.0f}",

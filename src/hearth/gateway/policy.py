@@ -105,7 +105,7 @@ class Job:
     tag: Any = None  # the driver's own
     # Set by the policy.
     seq: int = 0
-    position: int = 0  # requests ahead of it for the same model when it arrived
+    position: int = 0  # its place in the queue for its model when it arrived (1: next); 0: not queued
     backend: str | None = None
     granted_at: float | None = None
     unload: tuple[str, ...] = ()  # models to unload on `backend` before sending this request
@@ -204,8 +204,8 @@ class Policy:
         job.seq = next(self._seq)
         job.arrived = now
         self._note_arrival(job, now)
-        job.position = self._waiting.get(job.model, 0)
-        if job.position == 0:
+        ahead = self._waiting.get(job.model, 0)
+        if ahead == 0:
             for name in job.backends:
                 b = self._backends.get(name)
                 if b is not None and b.up and b.has_room():
@@ -214,7 +214,8 @@ class Policy:
                         self._grant(job, b, r, now)
                         return
         self._queues.setdefault(job.model, {}).setdefault(job.tenant, deque()).append(job)
-        self._waiting[job.model] = job.position + 1
+        job.position = ahead + 1
+        self._waiting[job.model] = ahead + 1
         self._by_tenant[job.tenant] = self._by_tenant.get(job.tenant, 0) + 1
         self.pump(now)
 

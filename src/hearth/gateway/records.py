@@ -211,7 +211,7 @@ class Trace:
         self.request_bytes = 0
         self.reply_estimate = 0
         self.estimate = 0  # tokens reserved at admission; the scheduler's cost of the request
-        self.queue_position = 0  # requests ahead of it for the same model when it arrived
+        self.queue_position = 0  # its place in the queue when it arrived (1: next); 0: no queue
         self.queue_wait_ms = 0.0  # waiting for a scheduler slot, all attempts together
 
     def queued(self, position: int, waited: float) -> None:

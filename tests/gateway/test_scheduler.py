@@ -1,0 +1,422 @@
+"""The scheduler through a live Hearth (gateway/policy.py states the policy): slots per model,
+who goes first, bounded queues, clients leaving while queued, and model switches."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import socket
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import msgspec
+import ollama
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from tests.conftest import LiveHearth, eventually, make_settings
+from tests.fakes import FakeOllama, Recorded
+
+from hearth.settings import Settings
+
+MODEL = "llama3.1:8b"
+OTHER = "qwen2.5:7b"
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+
+
+def settings_for(
+    *fakes: FakeOllama, tenants: dict[str, Any] | None = None, extra: dict[str, Any] | None = None, **cfg: Any
+) -> Settings:
+    """One Ollama backend per fake, named o1, o2...; ``cfg`` is each backend's scheduler settings."""
+    backends = [{"name": f"o{i}", "kind": "ollama", "url": f.url, **cfg} for i, f in enumerate(fakes, 1)]
+    return make_settings(backends, tenants={"tests": {"admin": True}, **(tenants or {})}, **(extra or {}))
+
+
+def chat_body(prompt: str, model: str = MODEL) -> dict[str, Any]:
+    messages = [{"role": "user", "content": prompt}]
+    return {"model": model, "stream": False, "messages": messages, "options": {"num_predict": 2}}
+
+
+def chat(url: str, prompt: str, key: str | None = None, model: str = MODEL) -> httpx.Response:
+    """An Ollama chat through Hearth; the prompt names the request in what the backend saw."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.post(url + "/api/chat", json=chat_body(prompt, model), headers=headers, timeout=30)
+
+
+def body_of(r: Recorded) -> dict[str, Any]:
+    assert isinstance(r.json, dict), r.body
+    return r.json
+
+
+def prompts_seen(fake: FakeOllama) -> list[str]:
+    """The chats the backend received, in arrival order, by prompt."""
+    return [body_of(r)["messages"][-1]["content"] for r in fake.requests_to("/api/chat")]
+
+
+def queue(hearth: LiveHearth) -> dict[str, Any]:
+    r = httpx.get(hearth.url + "/admin/queue")
+    assert r.status_code == 200
+    return r.json()  # type: ignore[no-any-return]
+
+
+def waiting(hearth: LiveHearth) -> list[dict[str, Any]]:
+    return queue(hearth)["waiting"]  # type: ignore[no-any-return]
+
+
+def queued(hearth: LiveHearth, count: int) -> bool:
+    """Wait until exactly ``count`` requests wait in Hearth's queue."""
+    return bool(eventually(lambda: len(waiting(hearth)) == count))
+
+
+def metric(hearth: LiveHearth, name: str, **labels: str) -> float | None:
+    text = httpx.get(hearth.url + "/metrics").text
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    return None
+
+
+def new_key(hearth: LiveHearth, tenant: str) -> str:
+    r = httpx.post(hearth.url + "/admin/keys", json={"tenant": tenant})
+    assert r.status_code == 201, r.text
+    return r.json()["key"]  # type: ignore[no-any-return]
+
+
+def raw_post(hearth: LiveHearth, path: str, body: dict[str, Any]) -> socket.socket:
+    """Send a request on a bare socket, so the test decides exactly when the client leaves."""
+    data = msgspec.json.encode(body)
+    host, port = hearth.url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(data)}\r\n\r\n"
+    )
+    sock.sendall(head.encode() + data)
+    return sock
+
+
+@pytest.fixture
+def bg() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
+    """Threads for the clients that wait while the test looks on."""
+    pool = concurrent.futures.ThreadPoolExecutor(16)
+    yield pool
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+@pytest.fixture
+def keyed() -> Iterator[Callable[[LiveHearth, str], ollama.Client]]:
+    """Factory: an official ollama client acting as a tenant (with a new key of its own)."""
+    made: list[ollama.Client] = []
+
+    def make(hearth: LiveHearth, tenant: str) -> ollama.Client:
+        c = ollama.Client(host=hearth.url, headers={"Authorization": f"Bearer {new_key(hearth, tenant)}"})
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()  # type: ignore[no-untyped-call]
+
+
+def ask(client: ollama.Client, prompt: str) -> ollama.ChatResponse:
+    return client.chat(
+        model=MODEL, messages=[{"role": "user", "content": prompt}], options={"num_predict": 2}
+    )
+
+
+# ---- slots -------------------------------------------------------------------------------------
+
+
+def test_with_one_slot_the_next_request_waits_in_hearth_until_the_first_ends(
+    live: Any, bg: concurrent.futures.ThreadPoolExecutor
+) -> None:
+    with FakeOllama(models=[MODEL], loaded=[MODEL]) as o:
+        hearth = live(settings_for(o, num_parallel=1))
+        o.hold()
+        first = bg.submit(chat, hearth.url, "first")
+        assert o.wait_in_flight(1)
+        second = bg.submit(chat, hearth.url, "second")
+        assert queued(hearth, 1)
+        third = bg.submit(chat, hearth.url, "third")
+        assert queued(hearth, 2)
+        assert prompts_seen(o) == ["first"]
+        o.release()
+        replies = [f.result(10) for f in (first, second, third)]
+        assert [r.status_code for r in replies] == [200, 200, 200]
+        assert prompts_seen(o) == ["first", "second", "third"]
+        assert o.max_in_flight_seen == 1
+    # The place in the model's queue on arrival: 0 for the first (it did not queue), then 1, 2.
+    assert [r.headers["x-hearth-queue-position"] for r in replies] == ["0", "1", "2"]
+    waits = [int(r.headers["x-hearth-queue-wait-ms"]) for r in replies]
+    assert waits[0] == 0
+    assert waits[1] > 0
+    assert waits[2] > 0
+
+
+def test_with_two_slots_two_requests_reach_the_backend_at_once_and_the_third_waits(
+    live: Any, bg: concurrent.futures.ThreadPoolExecutor
+) -> None:
+    with FakeOllama(models=[MODEL], loaded=[MODEL]) as o:
+        hearth = live(settings_for(o, num_parallel=2))
+        o.hold()
+        both = [bg.submit(chat, hearth.url, p) for p in ("a", "b")]
+        assert o.wait_in_flight(2)
+        third = bg.submit(chat, hearth.url, "c")
+        assert queued(hearth, 1)
+        assert o.in_flight == 2
+        assert sorted(prompts_seen(o)) == ["a", "b"]
+        o.release()
+        assert [f.result(10).status_code for f in [*both, third]] == [200, 200, 200]
+        assert prompts_seen(o)[2] == "c"
+        assert o.max_in_flight_seen == 2
+
+
+def test_admin_queue_and_queue_depth_show_a_waiting_request_until_it_is_served(
+    live: Any, bg: concurrent.futures.ThreadPoolExecutor
+) -> None:
+    with FakeOllama(models=[MODEL], loaded=[MODEL]) as o:
+        hearth = live(settings_for(o))
+        o.hold()
+        first = bg.submit(chat, hearth.url, "first")
+        assert o.wait_in_flight(1)
+        assert metric(hearth, "hearth_queue_depth", model=MODEL) is None
+        second = bg.submit(chat, hearth.url, "second")
+        assert queued(hearth, 1)
+        snap = queue(hearth)
+        [entry] = snap["waiting"]
+        assert {k: entry[k] for k in ("tenant", "model", "position", "priority")} == {
+            "tenant": "tests",
+            "model": MODEL,
+            "position": 1,  # 1-based, in the order the scheduler will grant them
+            "priority": "interactive",
+        }
+        [backend] = snap["backends"]
+        assert [(m["model"], m["in_flight"]) for m in backend["models"]] == [(MODEL, 1)]
+        assert metric(hearth, "hearth_queue_depth", model=MODEL) == 1
+        o.release()
+        assert first.result(10).status_code == 200
+        assert second.result(10).status_code == 200
+        assert waiting(hearth) == []
+        assert not metric(hearth, "hearth_queue_depth", model=MODEL)
+
+
+# ---- who goes first ----------------------------------------------------------------------------
+
+
+def test_an_interactive_request_goes_before_a_batch_request_that_came_first(
+    live: Any, bg: concurrent.futures.ThreadPoolExecutor, keyed: Callable[[LiveHearth, str], ollama.Client]
+) -> None:
+    with FakeOllama(models=[MODEL], loaded=[MODEL]) as o:
+        hearth = live(settings_for(o, tenants={"nightly": {"priority": "batch"}, "chat": {}}))
+        nightly, chatty = keyed(hearth, "nightly"), keyed(hearth, "chat")
+        o.hold()
+        busy = bg.submit(chat, hearth.url, "busy")
+        assert o.wait_in_flight(1)
+        batch = bg.submit(ask, nightly, "batch job")
+        assert queued(hearth, 1)
+        interactive = bg.submit(ask, chatty, "interactive")
+        assert queued(hearth, 2)
+        assert [(w["tenant"], w["priority"], w["position"]) for w in waiting(hearth)] == [
+            ("chat", "interactive", 1),
+            ("nightly", "batch", 2),
+        ]
+        o.release()
+        assert busy.result(10).status_code == 200
+        assert interactive.result(10).done
+        assert batch.result(10).done
+        assert prompts_seen(o) == ["busy", "interactive", "batch job"]
+
+
+def test_tenants_waiting_for_one_model_share_it_in_proportion_to_their_weights(
+    live: Any, bg: concurrent.futures.ThreadPoolExecutor
+) -> None:
+    # Every request costs the same 3 tokens (1 for a prompt of any size at this bytes_per_token,
+    # 2 for num_predict), so the virtual times below are exact integers.
+    with FakeOllama(models=[MODEL], loaded=[MODEL]) as o:
+        hearth = live(
+            settings_for(
+                o,
+                tenants={"light": {"weight": 1}, "heavy": {"weight": 3}},
+                extra={"limits": {"bytes_per_token": 1e9}},
+            )
+        )
+        keys = {"light": new_key(hearth, "light"), "heavy": new_key(hearth, "heavy")}
+        o.hold()
+        busy = bg.submit(chat, hearth.url, "busy")
+        assert o.wait_in_flight(1)
+        # Arrivals alternate, then heavy keeps sending.
+        arrivals = ["light 1", "heavy 1", "light 2", "heavy 2", "light 3", "heavy 3", "light 4"]
+        arrivals += [f"heavy {i}" for i in range(4, 9)]
+        futures = []
+        for n, prompt in enumerate(arrivals, 1):
+            futures.append(bg.submit(chat, hearth.url, prompt, keys[prompt.split()[0]]))
+            assert queued(hearth, n)  # arrival order is the tie-break: make it certain
+        o.release()
+        assert busy.result(10).status_code == 200
+        assert [f.result(10).status_code for f in futures] == [200] * len(arrivals)
+        order = prompts_seen(o)[1:]
+    # Start-time fair queueing, cost 3: the pick is the least max(V, F[tenant]), ties by
+    # arrival; a grant sets V to that start and F[tenant] to start + 3 / weight (light +3,
+    # heavy +1). From V = F = 0:
+    #   light 1 (tie at 0, came first) F_l=3 | heavy 1, 2, 3 at 0, 1, 2: F_h=3, V=2
+    #   light 2 (tie at 3, came first) F_l=6, V=3 | heavy 4, 5, 6 at 3, 4, 5: F_h=6
+    #   light 3 (tie at 6) F_l=9, V=6 | heavy 7, 8 at 6, 7 | light 4.
+    assert order == [
+        "light 1", "heavy 1", "heavy 2", "heavy 3",
+        "light 2", "heavy 4", "heavy 5", "heavy 6",
+        "light 3", "heavy 7", "heavy 8",
+        "light 4",
+    ]  # fmt: skip
+    first_eight = [p.split()[0] for p in order[:8]]
+    assert (first_eight.count("heavy"), first_eight.count("light")) == (6, 2)
+
+
+# ---- bounded queues ----------------------------------------------------------------------------
+
+
+def test_a_tenant_over_its_queue_bound_gets_429_with_retry_after_in_both_dialects(
+    live: Any, bg: concurrent.futures.ThreadPoolExecutor
+) -> None:
+    with FakeOllama(models=[MODEL], loaded=[MODEL]) as o:
+        hearth = live(settings_for(o, tenants={"small": {"max_queue": 1}}))
+        key = new_key(hearth, "small")
+        o.hold()
+        busy = bg.submit(chat, hearth.url, "busy")
+        assert o.wait_in_flight(1)
+        waits = bg.submit(chat, hearth.url, "queued", key)
+        assert queued(hearth, 1)
+
+        r = chat(hearth.url, "refused", key)
+        assert r.status_code == 429
+        assert int(r.headers["retry-after"]) >= 1
+        assert isinstance(r.json()["error"], str)
+        assert "waiting" in r.json()["error"]
+
+        with openai.OpenAI(base_url=hearth.url + "/v1", api_key=key, max_retries=0) as oa:
+            with pytest.raises(openai.RateLimitError) as err:
+                oa.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "refused"}])
+        assert int(err.value.response.headers["retry-after"]) >= 1
+        body = err.value.body
+        assert isinstance(body, dict)
+        assert body["type"] == "rate_limit_error"
+        assert body["code"] == "rate_limit_exceeded"
+        assert "waiting" in body["message"]
+
+        assert [w["tenant"] for w in waiting(hearth)] == ["small"]  # the earlier one still waits
+        o.release()
+        assert busy.result(10).status_code == 200
+        assert waits.result(10).status_code == 200
+        assert prompts_seen(o) == ["busy", "queued"]
+
+
+def test_a_request_that_waits_past_max_wait_gets_503_with_retry_after_in_both_dialects(
+    live: Any, bg: concurrent.futures.ThreadPoolExecutor
+) -> None:
+    with FakeOllama(models=[MODEL], loaded=[MODEL]) as o:
+        hearth = live(settings_for(o, tenants={"hasty": {"max_wait": 0.3}}))
+        key = new_key(hearth, "hasty")
+        o.hold()
+        busy = bg.submit(chat, hearth.url, "busy")
+        assert o.wait_in_flight(1)
+
+        r = chat(hearth.url, "too late", key)
+        assert r.status_code == 503
+        assert int(r.headers["retry-after"]) >= 1
+        assert isinstance(r.json()["error"], str)
+        assert "waited" in r.json()["error"]
+
+        with openai.OpenAI(base_url=hearth.url + "/v1", api_key=key, max_retries=0) as oa:
+            with pytest.raises(openai.InternalServerError) as err:
+                oa.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "too late"}])
+        assert err.value.status_code == 503
+        assert int(err.value.response.headers["retry-after"]) >= 1
+        body = err.value.body
+        assert isinstance(body, dict)
+        assert {"message", "type", "code"} <= body.keys()
+        assert "waited" in body["message"]
+
+        assert waiting(hearth) == []
+        o.release()
+        assert busy.result(10).status_code == 200
+        assert chat(hearth.url, "in time", key).status_code == 200
+        assert prompts_seen(o) == ["busy", "in time"]
+
+
+# ---- cancellation ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/chat", chat_body("gone")),
+        ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "gone"}]}),
+    ],
+    ids=["ollama", "openai"],
+)
+def test_a_client_that_hangs_up_while_queued_leaves_the_queue(
+    live: Any, bg: concurrent.futures.ThreadPoolExecutor, path: str, body: dict[str, Any]
+) -> None:
+    with FakeOllama(models=[MODEL], loaded=[MODEL]) as o:
+        hearth = live(settings_for(o))
+        o.hold()
+        busy = bg.submit(chat, hearth.url, "busy")
+        assert o.wait_in_flight(1)
+        sock = raw_post(hearth, path, body)
+        try:
+            assert queued(hearth, 1)
+        finally:
+            sock.close()
+        assert queued(hearth, 0)
+        o.release()
+        assert busy.result(10).status_code == 200
+        # Served in arrival order: had "gone" still been queued, it would have gone first.
+        assert chat(hearth.url, "after").status_code == 200
+        assert prompts_seen(o) == ["busy", "after"]
+
+
+# ---- model switches ----------------------------------------------------------------------------
+
+
+def test_switching_models_unloads_the_loaded_one_before_sending(live: Any, oc: Any) -> None:
+    with FakeOllama(models=[MODEL, OTHER], loaded=[MODEL]) as o:
+        hearth = live(settings_for(o, max_loaded_models=1))
+        reply = oc(hearth.url).chat(
+            model=OTHER, messages=[{"role": "user", "content": "hi"}], options={"num_predict": 2}
+        )
+        assert reply.done
+        sent = [r for r in o.requests if r.path in ("/api/generate", "/api/chat")]
+        assert [r.path for r in sent] == ["/api/generate", "/api/chat"]
+        unload = body_of(sent[0])
+        assert unload["model"] == MODEL
+        assert unload["keep_alive"] == 0
+        assert not unload.get("prompt")
+        assert body_of(sent[1])["model"] == OTHER
+        assert o.loaded == [OTHER]
+        assert metric(hearth, "hearth_model_loads_total", backend="o1") == 1
+
+
+def test_a_model_goes_where_it_is_loaded_and_a_queued_request_warms_an_idle_backend(
+    live: Any, oc: Any, bg: concurrent.futures.ThreadPoolExecutor
+) -> None:
+    with FakeOllama(models=[MODEL]) as cold, FakeOllama(models=[MODEL], loaded=[MODEL]) as warm:
+        hearth = live(settings_for(cold, warm))  # o1 is cold, o2 has the model loaded
+        warm.hold()
+        first = bg.submit(chat, hearth.url, "first")
+        assert warm.wait_in_flight(1)
+        assert prompts_seen(cold) == []
+        # Busy on o2 with one slot: an interactive request that would wait there loads the model
+        # on the idle o1 at once (no victim to evict).
+        reply = oc(hearth.url).chat(
+            model=MODEL, messages=[{"role": "user", "content": "second"}], options={"num_predict": 2}
+        )
+        assert reply.done
+        assert prompts_seen(cold) == ["second"]
+        assert prompts_seen(warm) == ["first"]
+        assert cold.requests_to("/api/generate") == []  # nothing was unloaded
+        assert metric(hearth, "hearth_model_loads_total", backend="o1") == 1
+        assert metric(hearth, "hearth_model_loads_total", backend="o2") == 0
+        warm.release()
+        assert first.result(10).status_code == 200
