@@ -1,0 +1,120 @@
+"""`hearth sim`: the reference workload (or a given one) through both policies, as a table or JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner, Result
+
+from hearth.cli import main
+
+SMALL = """\
+name: small
+seed: 3
+duration_s: 900
+server: {memory_gb: 16, max_loaded_models: 1}
+models:
+  a:1b: {size_gb: 2, tokens_per_s: 20, prompt_tokens_per_s: 200}
+  b:4b: {size_gb: 4, tokens_per_s: 10, prompt_tokens_per_s: 100}
+tenants:
+  chat:
+    priority: interactive
+    max_wait_s: 60
+    traffic: {kind: poisson, model: a:1b, per_hour: 60, prompt_tokens: [100, 400], output_tokens: [20, 80]}
+  jobs:
+    priority: batch
+    traffic: {kind: poisson, model: b:4b, per_hour: 30, prompt_tokens: [500, 900], output_tokens: [50, 150]}
+"""
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(main, ["sim", *args])
+
+
+def run_json(*args: str) -> dict[str, Any]:
+    result = run("--json", *args)
+    assert result.exit_code == 0, result.output
+    data: dict[str, Any] = json.loads(result.stdout)
+    return data
+
+
+def test_a_plain_run_prints_a_row_per_policy_and_the_targets() -> None:
+    result = run()
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("reference-homelab-1: seed 42, ")
+    assert [line.split()[0] for line in lines if line.startswith(("ollama ", "hearth "))][:2] == [
+        "ollama",
+        "hearth",
+    ]
+    start = lines.index("targets (hearth against ollama):") + 1
+    labels = ["3x fewer model loads", "interactive p95 wait halved", "no tenant over its bound",
+              "throughput not lower"]  # fmt: skip
+    keys = ["loads_3x_fewer", "interactive_p95_halved", "no_tenant_over_bound", "throughput_not_lower"]
+    met = run_json()["compare"]["targets"]
+    for line, label, key in zip(lines[start : start + 4], labels, keys, strict=True):
+        assert line.strip().startswith(label), line
+        rest = line.strip().removeprefix(label).lstrip()
+        assert rest.startswith("met  " if met[key] else "not met  "), line
+
+
+def test_json_holds_both_policies_and_the_comparison() -> None:
+    data = run_json()
+    assert set(data) == {"workload", "seed", "duration_s", "mode", "policies", "compare"}
+    assert (data["workload"], data["seed"], data["mode"]) == ("reference-homelab-1", 42, "des")
+    assert [row["policy"] for row in data["policies"]] == ["ollama", "hearth"]
+    for row in data["policies"]:
+        assert row["requests"] == row["completed"] + row["rejected"] + row["unfinished"]
+        assert {"model_loads", "interactive_wait_p95_s", "throughput_per_h", "over_bound"} <= set(row)
+    assert (data["compare"]["baseline"], data["compare"]["candidate"]) == ("ollama", "hearth")
+    assert set(data["compare"]["targets"]) == {
+        "loads_3x_fewer",
+        "interactive_p95_halved",
+        "no_tenant_over_bound",
+        "throughput_not_lower",
+    }
+
+
+def test_the_same_seed_gives_the_same_json() -> None:
+    assert run("--json", "--seed", "7").stdout == run("--json", "--seed", "7").stdout
+
+
+def test_seed_and_duration_override_the_files() -> None:
+    full, other, short = run_json(), run_json("--seed", "7"), run_json("--duration", "900")
+    assert other["seed"] == 7
+    assert other["policies"][0]["requests"] != full["policies"][0]["requests"]
+    assert short["duration_s"] == 900
+    assert short["policies"][0]["requests"] < full["policies"][0]["requests"]
+
+
+def test_a_workload_file_replaces_the_reference(tmp_path: Path) -> None:
+    path = tmp_path / "small.yaml"
+    path.write_text(SMALL)
+    data = run_json("--workload", str(path))
+    assert (data["workload"], data["seed"]) == ("small", 3)
+    assert data["policies"][0]["requests"] == data["policies"][1]["requests"] > 0
+    assert set(data["policies"][1]["max_wait_s"]) == {"chat", "jobs"}
+
+
+def test_a_bad_workload_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(SMALL.replace("per_hour: 60", "per_hour: lots"))
+    result = run("--workload", str(path))
+    assert result.exit_code == 1
+    assert "invalid workload" in result.output
+    assert "tenants.chat.traffic[0].per_hour" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_missing_workload_file_is_a_clear_error(tmp_path: Path) -> None:
+    result = run("--workload", str(tmp_path / "nope.yaml"))
+    assert result.exit_code == 1
+    assert "cannot read workload file" in result.output
+
+
+def test_speed_without_live_is_a_usage_error() -> None:
+    result = run("--speed", "50")
+    assert result.exit_code == 2
+    assert "--speed applies only with --live" in result.output
