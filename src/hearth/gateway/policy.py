@@ -381,8 +381,8 @@ class Policy:
 
     def pump(self, now: float) -> None:
         """Apply the policy until nothing more can be granted."""
-        if self._pumping:
-            return  # a callback re-entered; the running pump loops again
+        if self._pumping or not self._waiting:
+            return  # a callback re-entered (the running pump loops again), or nobody waits
         self._pumping = True
         try:
             self._drop_expired(now)
@@ -588,8 +588,12 @@ class Policy:
 
     def _runner(self, b: _Backend, model: str, now: float) -> _Runner | None:
         r = b.runners.get(model)
-        if r is None and not b.spec.loads_models:
-            r = b.runners[model] = _Runner(model, 0.0, last_used=now)
+        if r is None:
+            if not b.spec.loads_models:
+                r = b.runners[model] = _Runner(model, 0.0, last_used=now)
+        elif r.in_flight == 0 and not r.loading and now - r.last_used >= b.spec.keep_alive:
+            del b.runners[model]  # idle past keep_alive: the backend has unloaded it
+            return None
         return r
 
     def _grant(self, job: Job, b: _Backend, r: _Runner, now: float) -> None:
