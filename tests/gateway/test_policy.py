@@ -183,7 +183,7 @@ def test_without_interactive_use_batch_models_share_the_backend() -> None:
 MODELS = {"a": 5 * GB, "b": 10 * GB, "c": 10 * GB, "d": 27 * GB}
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(
     st.lists(
         st.tuples(
@@ -198,9 +198,10 @@ MODELS = {"a": 5 * GB, "b": 10 * GB, "c": 10 * GB, "d": 27 * GB}
         max_size=60,
     ),
     st.integers(1, 2),
+    st.integers(1, 2),
 )
 def test_every_request_is_served_or_dropped_at_its_bound_and_capacity_holds(
-    reqs: list[tuple[float, str, str, int, float, float | None]], parallel: int
+    reqs: list[tuple[float, str, str, int, float, float | None]], parallel: int, servers: int
 ) -> None:
     """Driven by a tiny event loop with loads of 5 s: every request is granted (no starvation),
     or dropped exactly at its bound; never more than `parallel` per model, never more models or
@@ -208,18 +209,22 @@ def test_every_request_is_served_or_dropped_at_its_bound_and_capacity_holds(
     events: list[tuple[float, int, str, Job]] = []
     seq = itertools.count()
     service: dict[int, float] = {}
-    spec = BackendSpec("b", slots_per_model=parallel, max_loaded=3, memory=48 * GB)
-    h = Harness(spec, aging=120.0)
-    h.policy.observe("b", 0.0, True, MODELS, {})
-    running: dict[str, int] = {}
+    names = tuple(f"b{i}" for i in range(servers))
+    specs = [BackendSpec(n, slots_per_model=parallel, max_loaded=3, memory=48 * GB) for n in names]
+    h = Harness(*specs, aging=120.0)
+    for n in names:
+        h.policy.observe(n, 0.0, True, MODELS, {})
+    running: dict[tuple[str | None, str], int] = {}
 
     def on_grant(job: Job) -> None:
         h.granted.append(job)
         for victim in job.unload:
-            assert running.get(victim, 0) == 0, "evicted a model still serving"
-        running[job.model] = running.get(job.model, 0) + 1
-        assert running[job.model] <= parallel
-        backend = h.policy._backends["b"]
+            assert running.get((job.backend, victim), 0) == 0, "evicted a model still serving"
+        key = (job.backend, job.model)
+        running[key] = running.get(key, 0) + 1
+        assert running[key] <= parallel
+        assert job.backend is not None
+        backend = h.policy._backends[job.backend]
         assert len(backend.runners) <= 3
         assert backend.used() <= 48 * GB
         assert job.granted_at is not None
@@ -228,7 +233,7 @@ def test_every_request_is_served_or_dropped_at_its_bound_and_capacity_holds(
     h.policy._on_grant = on_grant
     jobs = []
     for t, model, tenant, prio, svc, bound in sorted(reqs, key=lambda r: r[0]):
-        j = Job(tenant, model, ("b",), t, priority=prio, max_wait=bound)
+        j = Job(tenant, model, names, t, priority=prio, max_wait=bound)
         service[id(j)] = svc
         jobs.append(j)
         heapq.heappush(events, (t, next(seq), "arrive", j))
@@ -240,7 +245,7 @@ def test_every_request_is_served_or_dropped_at_its_bound_and_capacity_holds(
             if kind == "arrive":
                 h.policy.submit(job, now)
             else:
-                running[job.model] -= 1
+                running[(job.backend, job.model)] -= 1
                 h.policy.finish(job, now)
         elif due is not None:
             now = due
@@ -250,6 +255,6 @@ def test_every_request_is_served_or_dropped_at_its_bound_and_capacity_holds(
     assert h.policy.waiting() == 0
     for j in jobs:
         if j.dropped is None:
-            assert j.backend == "b"
+            assert j.backend in names
         else:
             assert j.max_wait is not None and j.backend is None

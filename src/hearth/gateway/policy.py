@@ -62,6 +62,7 @@ from typing import Any
 
 INTERACTIVE = 0
 BATCH = 1
+HOT = 0.5  # an interactive model is "in use" while its decaying count of arrivals is above this
 
 
 @dataclass(slots=True, frozen=True)
@@ -326,6 +327,9 @@ class Policy:
                 if r.in_flight == 0 and b.spec.loads_models:
                     times.append(r.last_used + b.spec.keep_alive)
         times.extend(self._switch_due)
+        for value, then in self._interactive.values():
+            if value > HOT:  # when it stops being "in use", batch work may take its room
+                times.append(then + s.horizon * math.log(value / HOT))
         future = [t for t in times if t > now]
         return min(future) if future else None
 
@@ -461,7 +465,12 @@ class Policy:
                     continue
                 counted = [j for j in jobs if name in j.backends]
                 urgent = any(j.max_wait is not None and now - j.arrived >= j.max_wait / 2 for j in counted)
-                interactive = any(j.priority == INTERACTIVE for j in counted)
+                # Aged batch work without a bound of its own counts as interactive here too: aging
+                # is its only guarantee against starvation. Bounded work has urgency instead.
+                interactive = any(
+                    j.priority == INTERACTIVE or (j.max_wait is None and self._class(j, now) == INTERACTIVE)
+                    for j in counted
+                )
                 # Only an interactive or urgent request may take a model others wait for (or
                 # still use); batch work also keeps room for the interactive models in use.
                 may_take = urgent or interactive
@@ -473,10 +482,24 @@ class Policy:
                 wsum = sum(self._w(j, now) for j in counted)
                 pressure = sum(self._w(j, now) * (now - j.arrived + load) for j in counted)
                 cost = sum(self._evict_cost(b, v, now) for v in victims)
-                forced = urgent or (interactive and self.settings.interactive_now)
+                # An interactive request does not wait for its cost to build up, unless its model
+                # is loaded on another backend: then it waits for that slot, or for warming a
+                # second copy to pay.
+                elsewhere = sum(
+                    o.spec.slots_per_model
+                    for o in self._backends.values()
+                    if o is not b and o.up and model in o.runners and not o.runners[model].draining
+                )
+                forced = urgent or (interactive and self.settings.interactive_now and not elsewhere)
                 if not forced and pressure < cost:
                     self._switch_due.append(now + (cost - pressure) / wsum)
                     continue
+                if elsewhere and not urgent:
+                    # A second copy pays only if the queue would wait longer for the copy that
+                    # is loaded than the load and the evictions take.
+                    backlog = len(counted) / elsewhere * self._service_est.get(model, 10.0)
+                    if backlog < load + cost:
+                        continue
                 leftover = self._free(b) - self._size(b, model)
                 cands.append(((urgent, interactive, pressure - cost, -leftover), name, model, victims))
         for b in self._backends.values():
@@ -547,7 +570,7 @@ class Policy:
 
     def _hot_interactive(self, b: _Backend, now: float) -> set[str]:
         """Models interactive requests used lately (or wait for) that this backend serves."""
-        hot = {m for m in self._interactive if self._recent(self._interactive, m, now) >= 0.5}
+        hot = {m for m in self._interactive if self._recent(self._interactive, m, now) >= HOT}
         hot.update(j.model for q in self._queues.values() for js in q.values() for j in js
                    if j.priority == INTERACTIVE)
         return {m for m in hot if not b.sizes or m in b.sizes}
