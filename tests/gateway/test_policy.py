@@ -258,3 +258,31 @@ def test_every_request_is_served_or_dropped_at_its_bound_and_capacity_holds(
             assert j.backend in names
         else:
             assert j.max_wait is not None and j.backend is None
+
+
+def test_a_retry_that_excludes_the_loaded_copy_loads_the_model_elsewhere() -> None:
+    h = Harness(BackendSpec("one", memory=48 * GB), BackendSpec("two", memory=48 * GB))
+    h.loaded("one", {"m": 5 * GB})
+    h.policy.observe("two", 0.0, True, {"m": 5 * GB}, {})
+    quick = h.job("m", 0.0)
+    h.policy.finish(quick, 0.1)  # "m" answers fast: a second copy would not pay for others
+    busy = h.job("m", 0.5)  # holds the loaded copy's only slot
+    retry = h.job("m", 1.0, backends=("two",))  # "one" refused it before
+    assert busy.backend == "one" and retry.backend == "two" and retry.loads
+
+
+def test_a_short_queue_waits_for_the_loaded_copy_instead_of_evicting_another_model() -> None:
+    h = Harness(
+        BackendSpec("one", memory=48 * GB, max_loaded=1), BackendSpec("two", memory=48 * GB, max_loaded=1)
+    )
+    h.loaded("one", {"a": 5 * GB}, also=("b",))
+    h.loaded("two", {"b": 5 * GB}, also=("a",))
+    first = h.job("a", 0.0)
+    h.policy.finish(first, 2.0)  # a takes 2 s: the policy learns it
+    other = h.job("b", 2.0)
+    h.policy.finish(other, 2.5)  # "b" was just used on "two": evicting it would cost a reload
+    busy = h.job("a", 3.0)
+    waiting = h.job("a", 3.0)
+    assert busy.backend == "one" and waiting.backend is None  # no second copy on "two"
+    h.policy.finish(busy, 5.0)
+    assert waiting.backend == "one" and not waiting.loads

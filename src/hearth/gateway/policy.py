@@ -485,11 +485,15 @@ class Policy:
                 # An interactive request does not wait for its cost to build up, unless its model
                 # is loaded on another backend: then it waits for that slot, or for warming a
                 # second copy to pay.
-                elsewhere = sum(
-                    o.spec.slots_per_model
+                copies = [
+                    o
                     for o in self._backends.values()
                     if o is not b and o.up and model in o.runners and not o.runners[model].draining
-                )
+                ]
+                # Slots of loaded copies every waiting request may use (a retry excludes the
+                # backend that refused it: for that request there is no other copy).
+                usable = all(any(o.spec.name in j.backends for o in copies) for j in counted)
+                elsewhere = sum(o.spec.slots_per_model for o in copies) if usable else 0
                 forced = urgent or (interactive and self.settings.interactive_now and not elsewhere)
                 if not forced and pressure < cost:
                     self._switch_due.append(now + (cost - pressure) / wsum)
