@@ -30,8 +30,7 @@ requests = sa.Table(
     sa.Column("error", sa.Text),
     sa.Column("tenant", sa.String(128)),  # "<tenant>/<person>" for sub-tenants
     sa.Column("key_id", sa.String(16)),  # None for trusted networks
-    # Time waiting for a backend slot before the call was sent: always 0 until the scheduler
-    # (issue 4) brings a queue.
+    # Time waiting in the scheduler's queue for a backend slot before the call was sent.
     sa.Column("queue_wait_ms", sa.Float),
     # The backend reported no token counts, so prompt_tokens/completion_tokens are Hearth's
     # estimate (gateway/records.py says how).
