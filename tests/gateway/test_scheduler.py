@@ -420,3 +420,24 @@ def test_a_model_goes_where_it_is_loaded_and_a_queued_request_warms_an_idle_back
         assert metric(hearth, "hearth_model_loads_total", backend="o2") == 0
         warm.release()
         assert first.result(10).status_code == 200
+
+
+def test_an_unload_request_takes_no_slot_and_never_loads_the_model_first(live: Any, oc: Any) -> None:
+    """Open WebUI's unload button: keep_alive 0 and nothing to generate. Ollama answers at once;
+    Hearth must not evict another model to load this one just to unload it."""
+    with FakeOllama(models=[MODEL, OTHER], loaded=[MODEL]) as o:
+        hearth = live(settings_for(o, max_loaded_models=1))
+        client = oc(hearth.url)
+        client.generate(model=OTHER, prompt="", keep_alive=0)
+        unloads = [body_of(r) for r in o.requests_to("/api/generate")]
+        assert [(u["model"], u["keep_alive"]) for u in unloads] == [(OTHER, 0)]  # MODEL untouched
+        assert o.loaded == [MODEL]
+        assert metric(hearth, "hearth_model_loads_total", backend="o1") == 0
+
+        # Unloading the loaded model frees the backend: the next model loads with no eviction.
+        client.generate(model=MODEL, prompt="", keep_alive=0)
+        assert o.loaded == []
+        client.chat(model=OTHER, messages=[{"role": "user", "content": "hi"}], options={"num_predict": 2})
+        unloads = [body_of(r)["model"] for r in o.requests_to("/api/generate")]
+        assert unloads == [OTHER, MODEL]  # none sent by Hearth for the switch
+        assert o.loaded == [OTHER]

@@ -15,6 +15,7 @@ adapter and canonical chunks come back for the api layer to encode.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -36,7 +37,7 @@ from hearth.gateway.records import (
     reply_chars,
 )
 from hearth.gateway.router import Router, Target
-from hearth.gateway.scheduler import Scheduler, Ticket
+from hearth.gateway.scheduler import FreeTicket, Scheduler, Ticket
 from hearth.protocol.canonical import (
     ChatRequest,
     Chunk,
@@ -86,7 +87,7 @@ class _Lease:
 
     __slots__ = ("_done", "load_seconds", "state", "ticket")
 
-    def __init__(self, state: BackendState, ticket: Ticket) -> None:
+    def __init__(self, state: BackendState, ticket: Ticket | FreeTicket) -> None:
         self.state = state
         self.ticket = ticket
         self._done = False
@@ -313,6 +314,15 @@ class Gateway:
                 if self._known(targets, local_only):
                     raise NoBackend(f"no backend is available for model '{call.request.model}'")
                 raise ModelNotFound(call.request.model)
+        if call.dialect == "ollama" and _is_unload(call.request):
+            # Ollama unloads at once and generates nothing: no slot, and never a load first.
+            target, state = plan[0]
+            trace.attempts = 1
+            trace.backend = state.name
+            trace.served_model = target.model
+            out = await self._try(call, target, state, trace, FreeTicket(state.name))
+            self.scheduler.unloaded(state.name, target.model)
+            return out
         last: HearthError | None = None
         tried: set[tuple[int, str]] = set()
         for i, target in enumerate(targets):
@@ -361,7 +371,7 @@ class Gateway:
         return plan
 
     async def _try(
-        self, call: Call, target: Target, state: BackendState, trace: Trace, ticket: Ticket
+        self, call: Call, target: Target, state: BackendState, trace: Trace, ticket: Ticket | FreeTicket
     ) -> Outcome:
         backend = state.backend
         lease = _Lease(state, ticket)
@@ -421,6 +431,22 @@ class Gateway:
                     continue
                 body[field] = value
         return msgspec.json.encode(body)
+
+
+_ZERO_DURATION = re.compile(r"0+(\.0*)?(ns|us|µs|ms|s|m|h)?")
+
+
+def _is_unload(req: CanonicalRequest) -> bool:
+    """Ollama's unload request: keep_alive 0 and nothing to generate (Open WebUI's unload)."""
+    k = req.keep_alive
+    zero = (isinstance(k, (int, float)) and not isinstance(k, bool) and k == 0) or (
+        isinstance(k, str) and _ZERO_DURATION.fullmatch(k.strip()) is not None
+    )
+    if not zero:
+        return False
+    if isinstance(req, CompletionRequest):
+        return not req.prompt and not req.images
+    return isinstance(req, ChatRequest) and not req.messages
 
 
 def _wants_stream(call: Call) -> bool:

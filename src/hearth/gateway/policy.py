@@ -293,6 +293,14 @@ class Policy:
             return service * (ahead / slots + 1)
         return (0.0 if load == math.inf else load) + service * (ahead + 1)
 
+    def forget(self, backend: str, model: str, now: float) -> None:
+        """The model was unloaded on the backend by someone else (a client's keep_alive 0)."""
+        b = self._backends.get(backend)
+        r = b.runners.get(model) if b is not None else None
+        if b is not None and r is not None and r.in_flight == 0 and not r.loading:
+            del b.runners[model]
+            self.pump(now)
+
     def waiting(self, tenant: str | None = None) -> int:
         if tenant is None:
             return sum(self._waiting.values())

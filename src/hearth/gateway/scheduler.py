@@ -94,6 +94,26 @@ class Ticket:
         self._sched.arm()
 
 
+class FreeTicket:
+    """A call that takes no slot: Ollama's unload request (keep_alive 0, nothing to generate)
+    returns at once and must never make the scheduler load the model first."""
+
+    __slots__ = ("backend",)
+    loads = False
+    unload: tuple[str, ...] = ()
+    position = 0
+    waited = 0.0
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+
+    def started(self) -> None:
+        pass
+
+    def release(self, ok: bool = True, load_seconds: float | None = None) -> None:
+        pass
+
+
 class Scheduler:
     def __init__(self, settings: Settings, pool: Pool) -> None:
         s = settings.scheduler
@@ -165,6 +185,11 @@ class Scheduler:
         if job.dropped is not None:
             raise NoBackend(f"no backend is available for model '{model}'")
         return Ticket(self, job)
+
+    def unloaded(self, backend: str, model: str) -> None:
+        """A client unloaded ``model`` on ``backend`` (keep_alive 0)."""
+        self.policy.forget(backend, canonical_name(model, "ollama"), self.now())
+        self.arm()
 
     def expected_wait(self, job: Job) -> float:
         return self.policy.expected_wait(job.model, job.backends)
