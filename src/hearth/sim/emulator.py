@@ -4,7 +4,9 @@
 can talk to as to a real Ollama (``hearth sim --live``). Simulated seconds are real seconds since
 ``start()`` times ``speed``: at speed 100, a 5 s load takes 50 ms. The durations in replies are
 simulated seconds in nanoseconds, so they read like a real server's; ``expires_at`` in /api/ps is
-real wall-clock time, as a client comparing it with its own clock expects.
+real wall-clock time, as a client comparing it with its own clock expects. A gateway that
+learns from those durations (Hearth learns load times from load_duration) runs on real time,
+so ``sim/live.py`` runs the emulator at speed 1 with specs made faster instead.
 
 It serves GET /, /api/version, /api/tags, /api/ps, POST /api/chat and /api/generate (streamed or
 not, including the empty-prompt load and keep_alive 0 unload) and GET /sim/stats. A reply has
