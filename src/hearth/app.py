@@ -30,6 +30,7 @@ from hearth.gateway.manage import Manager
 from hearth.gateway.records import RequestLog
 from hearth.gateway.router import Router
 from hearth.gateway.scheduler import Scheduler
+from hearth.observability.alerts import Alerts
 from hearth.observability.metrics import Metrics
 from hearth.settings import Settings
 from hearth.store.db import Store
@@ -51,6 +52,10 @@ def create_app(settings: Settings) -> Starlette:
         metrics=metrics,
     )
     metrics.watch(records)
+    alerts = Alerts(settings, store, flush=records.flush)
+    if settings.alerts.enabled:
+        metrics.listeners.append(alerts.observe)  # durations and failures, per model
+        pool.listeners.append(alerts.backend_polled)  # when a backend went down
     limits = Limits(settings.limits, store, settings.redis)
     gateway = Gateway(pool, router, settings.routing.max_attempts, records, limits, scheduler)
     catalog = Catalog(pool, router)
@@ -58,7 +63,7 @@ def create_app(settings: Settings) -> Starlette:
     routes: list[BaseRoute] = [
         *OllamaAPI(settings, gateway, catalog, Manager(pool)).routes(),
         *OpenAIAPI(settings, gateway, catalog).routes(),
-        *AdminAPI(settings, pool, store, records, auth, scheduler).routes(),
+        *AdminAPI(settings, pool, store, records, auth, scheduler, alerts).routes(),
         *UsageAPI(settings, store, records).routes(),
         *MetricsAPI(settings, registry).routes(),
     ]
@@ -82,6 +87,7 @@ def create_app(settings: Settings) -> Starlette:
             await auth.start()  # PostgreSQL: LISTEN for key changes made by other processes
             await pool.start(session)
             records.start()
+            await alerts.start(session)
             # Everything built so far (modules, settings, SQLAlchemy metadata...) lives as long as
             # the process: keep the cyclic GC from rescanning it on every collection, which
             # profiles showed as a per-request cost growing with each imported library.
@@ -89,6 +95,7 @@ def create_app(settings: Settings) -> Starlette:
             log.info("hearth ready: %d backends, %d up", len(pool.states), sum(s.up for s in pool.states))
             yield
         finally:
+            await alerts.stop()  # before the session its channels send with is closed
             await pool.stop()
             await session.close()
             await records.stop()  # graceful shutdown: nothing recorded is lost
@@ -101,4 +108,5 @@ def create_app(settings: Settings) -> Starlette:
     app.state.records = records
     app.state.metrics = metrics
     app.state.scheduler = scheduler
+    app.state.alerts = alerts
     return app

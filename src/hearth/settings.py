@@ -234,6 +234,60 @@ class PricingSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise ValueError("energy: expected watts and price_per_kwh of 0 or more")
 
 
+class AlertChannel(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Where alert notifications go (observability/alerts.py). Put secrets (webhook URLs, bot
+    tokens) in the environment: ``url: ${SLACK_WEBHOOK_URL}``. They are never logged."""
+
+    kind: Literal["webhook", "ntfy", "telegram", "slack"]
+    # webhook: POST of the alert as JSON; ntfy: the topic URL; slack: the incoming-webhook URL
+    # (Mattermost, and Discord's .../slack URL, take the same). Not used by telegram.
+    url: str | None = None
+    # telegram: the bot's token and the chat to write to; api_url only changes for a proxy.
+    token: str | None = None
+    chat_id: int | str | None = None
+    api_url: str = "https://api.telegram.org"
+    # Extra request headers, e.g. ntfy's `Authorization: Bearer tk_...`.
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    # How logs and GET /admin/alerts name the channel (never by its URL); default "<kind> #<n>".
+    name: str | None = None
+    timeout: float = 10.0  # seconds for one delivery
+
+
+class AlertSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Built-in alert rules (observability/alerts.py). A rule whose threshold is null is off."""
+
+    enabled: bool = True
+    interval: float = 30.0  # seconds between evaluations
+    # Calls of the last `window` seconds count for slow_responses and error_rate, per model, once
+    # there are at least min_calls of them.
+    window: float = 300.0
+    min_calls: int = 5
+    backend_down_after: float | None = 60.0  # seconds of failed health polls
+    slow_p95_seconds: float | None = 10.0  # p95 of successful calls' whole duration
+    error_rate: float | None = 0.05  # share of calls failing on the server side (5xx, mid-stream)
+    quota_fraction: float | None = 0.9  # of a tenant's tokens_per_day or tokens_per_month
+    disk_free_gb: float | None = 10.0  # free space of the data directory, GB (10^9 bytes)
+    # Seconds after which a notification is sent again while an alert stays firing; null: never.
+    repeat_after: float | None = None
+    channels: list[AlertChannel] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for name in ("interval", "window", "repeat_after"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name}: expected a positive number of seconds")
+        for name in ("backend_down_after", "slow_p95_seconds", "disk_free_gb"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name}: expected 0 or more (or null to turn the rule off)")
+        for name in ("error_rate", "quota_fraction"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 1:
+                raise ValueError(f"{name}: expected a fraction between 0 and 1 (or null)")
+        if self.min_calls < 1:
+            raise ValueError("min_calls: expected 1 or more")
+
+
 class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
@@ -251,6 +305,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     scheduler: SchedulerSettings = msgspec.field(default_factory=SchedulerSettings)
     pricing: PricingSettings = msgspec.field(default_factory=PricingSettings)
     redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
+    alerts: AlertSettings = msgspec.field(default_factory=AlertSettings)
 
     @property
     def data_path(self) -> Path:
@@ -402,6 +457,24 @@ def _check(s: Settings) -> None:
     for name, alias in s.aliases.items():
         if alias.model == name:
             raise ConfigError(f"invalid config: aliases.{name}.model: an alias cannot point at itself")
+    for i, ch in enumerate(s.alerts.channels):
+        _check_channel(f"alerts.channels[{i}]", ch)
+
+
+def _check_channel(where: str, ch: AlertChannel) -> None:
+    # Here rather than in __post_init__: a secret from an unset variable is reported as such first.
+    if ch.kind == "telegram":
+        if not ch.token or ch.chat_id is None or ch.chat_id == "":
+            raise ConfigError(f"invalid config: {where}: a telegram channel needs token and chat_id")
+        key, url = "api_url", ch.api_url
+    else:
+        key, url = "url", ch.url or ""
+        if not url:
+            raise ConfigError(f"invalid config: {where}.url: a {ch.kind} channel needs a url")
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"invalid config: {where}.{key}: expected an http:// or https:// URL")
+    if ch.timeout <= 0:
+        raise ConfigError(f"invalid config: {where}.timeout: expected a positive number of seconds")
 
 
 EXAMPLE_CONFIG = """\
@@ -498,6 +571,30 @@ redis:                     # limits shared by several Hearth processes (see READ
   url: null                # e.g. redis://127.0.0.1:6379/0 (Redis or Valkey); null: this process's memory
   prefix: "hearth:"        # start of every key Hearth writes
   reservation_ttl: 3600    # seconds a request holds its in-flight slot and token reservation at most
+
+alerts:                    # built-in alert rules (README: Alerts); null as a threshold turns its rule off
+  enabled: true
+  interval: 30             # seconds between evaluations
+  window: 300              # seconds of calls that slow_responses and error_rate judge, per model
+  min_calls: 5             # fewer calls than this in the window: no verdict
+  backend_down_after: 60   # seconds of failed health polls
+  slow_p95_seconds: 10     # p95 duration of successful calls
+  error_rate: 0.05         # share of calls failed on the server side (5xx, a broken stream)
+  quota_fraction: 0.9      # of a tenant's tokens_per_day or tokens_per_month
+  disk_free_gb: 10         # free space where data_dir lives
+  repeat_after: null       # seconds before reminding of an alert still firing; null: never
+  channels: []             # notified once when an alert fires and once when it resolves
+  # channels:              # example
+  #   - kind: ntfy
+  #     url: https://ntfy.sh/${NTFY_TOPIC}
+  #     headers: {Authorization: "Bearer ${NTFY_TOKEN}"}   # a protected topic
+  #   - kind: telegram
+  #     token: ${TELEGRAM_BOT_TOKEN}
+  #     chat_id: "123456789"
+  #   - kind: slack        # Slack, Mattermost, or Discord's .../slack webhook URL
+  #     url: ${SLACK_WEBHOOK_URL}
+  #   - kind: webhook      # POST {alert, subject, state, value, threshold, message, since, resolved_at}
+  #     url: http://n8n.lan:5678/webhook/hearth-alerts
 
 aliases: {}
 # aliases:                 # example: service-facing names with enforced defaults

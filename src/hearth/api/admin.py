@@ -1,4 +1,4 @@
-"""The admin JSON API: backends, recent requests, tenants and keys. Guarded by
+"""The admin JSON API: backends, recent requests, tenants and keys, alerts. Guarded by
 ``server.admin_key`` (a Bearer token) or the key of a tenant marked ``admin``."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from hearth.errors import BadRequest, HearthError
 from hearth.gateway.auth import Authenticator
 from hearth.gateway.records import RequestLog
 from hearth.gateway.scheduler import Scheduler
+from hearth.observability.alerts import Alerts
 from hearth.settings import Settings
 from hearth.store.db import Store
 
@@ -30,8 +31,10 @@ class AdminAPI:
         records: RequestLog,
         auth: Authenticator,
         scheduler: Scheduler,
+        alerts: Alerts,
     ) -> None:
         self.settings = settings
+        self.alerts = alerts
         self.scheduler = scheduler
         self.auth = auth
         self.key = settings.server.admin_key or None
@@ -48,6 +51,7 @@ class AdminAPI:
             Route("/admin/tenants", self.tenants, methods=["GET"]),
             Route("/admin/keys", self.keys, methods=["GET", "POST"]),
             Route("/admin/keys/{key_id}", self.revoke, methods=["DELETE"]),
+            Route("/admin/alerts", self.alert_status, methods=["GET"]),
             Route("/healthz", self.healthz, methods=["GET"]),
         ]
 
@@ -135,6 +139,18 @@ class AdminAPI:
         await self.records.flush()
         rows = await asyncio.to_thread(self.store.recent_requests, min(int(raw), 1000))
         return json_response({"requests": rows, "dropped": self.records.dropped})
+
+    async def alert_status(self, request: Request) -> Response:
+        """Alert rules with their thresholds, the alerts firing now, and the latest fired and
+        resolved events (``?limit=``, default 100, at most 1000), newest first."""
+        try:
+            self._authorize(request)
+            raw = request.query_params.get("limit", "100")
+            if not raw.isdigit():
+                raise BadRequest("limit must be a positive integer")
+        except HearthError as exc:
+            return error_response(exc, "openai")
+        return json_response(await self.alerts.snapshot(min(int(raw), 1000)))
 
     async def usage(self, request: Request) -> Response:
         """Usage and cost of every tenant (``?since=30d&by=tenant``, ``&tenant=`` for one)."""

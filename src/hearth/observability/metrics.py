@@ -23,7 +23,7 @@ Labels, all bounded:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -53,6 +53,9 @@ DURATION_BUCKETS = (*TTFT_BUCKETS, 300.0, 600.0)
 
 _CALL = ("tenant", "model", "backend")
 _REQUEST = (*_CALL, "dialect", "endpoint")
+
+# Told of every finished call: (model label, backend label, status, error reason, seconds).
+CallListener = Callable[[str, str, int, str | None, float], None]
 
 
 def error_reason(status: int, error: str | None) -> str | None:
@@ -108,6 +111,8 @@ class Metrics:
         # ever served); unknown names are never stored.
         self._known: dict[str, str] = {}
         self._series: dict[tuple[str, str, str, str, str, int, str | None], _Series] = {}
+        # Called at the end of observe, on the loop; must cost about a microsecond (alerts.py).
+        self.listeners: list[CallListener] = []
         self.requests = Counter(
             "hearth_requests",
             "Model calls, by HTTP status (499: the client hung up).",
@@ -193,6 +198,8 @@ class Metrics:
         ttft = trace.ttft_ms
         if ttft is not None:
             s.ttft.observe(ttft / 1000)
+        for listener in self.listeners:
+            listener(call[1], call[2], status, reason, duration)
 
 
 class PoolCollector:

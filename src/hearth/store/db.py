@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
-from hearth.store.schema import REQUEST_COLUMNS, USAGE_GROUPS, api_keys, requests, tenants
+from hearth.store.schema import REQUEST_COLUMNS, USAGE_GROUPS, alert_events, api_keys, requests, tenants
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # The channel migration 0004's trigger NOTIFYs on every statement that changes api_keys.
@@ -244,6 +244,28 @@ class Store:
             self._writer.close()
             self._writer = None
         self.engine.dispose()
+
+    # -- alerts ------------------------------------------------------------------------------
+
+    def insert_alert_event(self, event: Mapping[str, Any]) -> None:
+        """One row of alert history: ts, rule, subject, event (fired | resolved), value,
+        threshold, message, since."""
+        with self.engine.begin() as conn:
+            conn.execute(alert_events.insert().values(**event))
+
+    def alert_events(self, limit: int) -> list[dict[str, Any]]:
+        """The latest ``limit`` alert events, newest first."""
+        query = sa.select(alert_events).order_by(alert_events.c.id.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def open_alerts(self) -> list[dict[str, Any]]:
+        """Alerts whose latest event is ``fired``: firing when the previous process stopped."""
+        c = alert_events.c
+        latest = sa.select(sa.func.max(c.id)).group_by(c.rule, c.subject)
+        query = sa.select(alert_events).where(c.id.in_(latest), c.event == "fired").order_by(c.id)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
 
     # -- usage -------------------------------------------------------------------------------
 

@@ -57,6 +57,21 @@ api_keys = sa.Table(
     sa.Column("revoked_at", sa.Float),
 )
 
+# Alert history (observability/alerts.py): one row each time an alert fires or resolves.
+alert_events = sa.Table(
+    "alert_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("ts", sa.Float, nullable=False, index=True),  # epoch seconds
+    sa.Column("rule", sa.String(64), nullable=False),  # backend_down, slow_responses, ...
+    sa.Column("subject", sa.String(255), nullable=False),  # the backend, model, tenant or path
+    sa.Column("event", sa.String(16), nullable=False),  # fired | resolved
+    sa.Column("value", sa.Float),
+    sa.Column("threshold", sa.Float),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("since", sa.Float, nullable=False),  # when the alert started firing
+)
+
 # Column order of the tuples the request log hands to Store.insert_requests.
 REQUEST_COLUMNS = tuple(c.name for c in requests.columns if c.name != "id")
 
