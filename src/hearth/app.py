@@ -20,6 +20,7 @@ from hearth.api.auth import AuthMiddleware
 from hearth.api.metrics import MetricsAPI
 from hearth.api.ollama import OllamaAPI
 from hearth.api.openai import OpenAIAPI
+from hearth.api.traces import TracesAPI
 from hearth.api.usage import UsageAPI
 from hearth.backends.pool import Pool
 from hearth.gateway.auth import Authenticator
@@ -65,6 +66,7 @@ def create_app(settings: Settings) -> Starlette:
         *OpenAIAPI(settings, gateway, catalog).routes(),
         *AdminAPI(settings, pool, store, records, auth, scheduler, alerts).routes(),
         *UsageAPI(settings, store, records).routes(),
+        *TracesAPI(settings, pool, store, records, scheduler).routes(),
         *MetricsAPI(settings, registry).routes(),
     ]
 

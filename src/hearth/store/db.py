@@ -33,6 +33,7 @@ from alembic import command
 from alembic.config import Config
 
 from hearth.store.schema import REQUEST_COLUMNS, USAGE_GROUPS, alert_events, api_keys, requests, tenants
+from hearth.store.traces import TraceFilter, clamp_limit, list_query, overview_queries, window_share
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # The channel migration 0004's trigger NOTIFYs on every statement that changes api_keys.
@@ -331,3 +332,61 @@ class Store:
             out.append(g)
         out.sort(key=lambda g: (-g["requests"], str(g["group"])))
         return out
+
+    # -- traces ------------------------------------------------------------------------------
+
+    def list_traces(
+        self, filters: TraceFilter | None = None, limit: int = 50, before_id: int | None = None
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """A page of the request log, newest first: up to ``limit`` (at most 500) rows that match
+        ``filters`` with ids below ``before_id``, and the cursor for the next page (None on the
+        last). store/traces.py says which index serves which filter."""
+        limit = clamp_limit(limit)
+        f = filters or TraceFilter()
+        with self.engine.connect() as conn:
+            window = window_share(conn, f, before_id)
+            query = list_query(f, limit + 1, before_id, self.engine.dialect.name, window)
+            rows = [dict(r._mapping) for r in conn.execute(query)]
+        if len(rows) <= limit:
+            return rows, None
+        del rows[limit:]
+        return rows, rows[-1]["id"]
+
+    def get_trace(self, trace_id: int) -> dict[str, Any] | None:
+        query = sa.select(requests).where(requests.c.id == trace_id)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else dict(row._mapping)
+
+    def overview(self, since: float | None = None, now: float | None = None) -> dict[str, Any]:
+        """What the hub's overview needs from the log: calls and errors in the last minute and
+        the last five minutes before ``now``; calls, errors and tokens since ``since`` (default:
+        the start of now's UTC day), in all and per model, busiest first. Calls count by when
+        they started."""
+        now = time.time() if now is None else now
+        since = now - now % 86400 if since is None else since
+        recent_query, today_query = overview_queries(since, now)
+        with self.engine.connect() as conn:
+            recent = conn.execute(recent_query).one()
+            models = [
+                {
+                    "model": r.model,
+                    "requests": int(r.requests),
+                    "errors": int(r.errors),
+                    "prompt_tokens": int(r.prompt_tokens),
+                    "completion_tokens": int(r.completion_tokens),
+                }
+                for r in conn.execute(today_query)
+            ]
+        models.sort(key=lambda m: (-m["requests"], str(m["model"])))
+        today = {
+            key: sum(m[key] for m in models)
+            for key in ("requests", "errors", "prompt_tokens", "completion_tokens")
+        }
+        return {
+            "now": now,
+            "last_minute": {"requests": int(recent.requests_1m), "errors": int(recent.errors_1m)},
+            "last_5_minutes": {"requests": int(recent.requests_5m), "errors": int(recent.errors_5m)},
+            "today": {"since": since, **today, "tokens": today["prompt_tokens"] + today["completion_tokens"]},
+            "models_today": models,
+        }
