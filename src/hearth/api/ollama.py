@@ -113,7 +113,8 @@ class OllamaAPI:
             req = decode(body)
             if not who.may_use(req.model):
                 raise ModelNotFound(req.model)  # absent, as far as this tenant can tell
-            call = Call("ollama", endpoint, request.url.path, body, raw, req, who)
+            # scope["path"], not request.url.path: building the URL object showed in profiles.
+            call = Call("ollama", endpoint, request.scope["path"], body, raw, req, who)
             stream = getattr(req, "stream", False)
             if stream:
                 out = await cancel_on_disconnect(request, self.gateway.dispatch(call))

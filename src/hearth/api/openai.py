@@ -95,7 +95,7 @@ class OpenAIAPI:
             req = decode(body)
             if not who.may_use(req.model):
                 raise ModelNotFound(req.model)  # absent, as far as this tenant can tell
-            call = Call("openai", endpoint, request.url.path, body, raw, req, who)
+            call = Call("openai", endpoint, request.scope["path"], body, raw, req, who)
             if getattr(req, "stream", False):
                 out = await cancel_on_disconnect(request, self.gateway.dispatch(call))
                 return self._stream(out, call)
