@@ -131,13 +131,11 @@ class AdminAPI:
         """The most recent model calls (``?limit=``, default 100, at most 1000), newest first."""
         try:
             self._authorize(request)
-            raw = request.query_params.get("limit", "100")
-            if not raw.isdigit():
-                raise BadRequest("limit must be a positive integer")
+            limit = _limit(request)
         except HearthError as exc:
             return error_response(exc, "openai")
         await self.records.flush()
-        rows = await asyncio.to_thread(self.store.recent_requests, min(int(raw), 1000))
+        rows = await asyncio.to_thread(self.store.recent_requests, limit)
         return json_response({"requests": rows, "dropped": self.records.dropped})
 
     async def alert_status(self, request: Request) -> Response:
@@ -145,12 +143,10 @@ class AdminAPI:
         resolved events (``?limit=``, default 100, at most 1000), newest first."""
         try:
             self._authorize(request)
-            raw = request.query_params.get("limit", "100")
-            if not raw.isdigit():
-                raise BadRequest("limit must be a positive integer")
+            limit = _limit(request)
         except HearthError as exc:
             return error_response(exc, "openai")
-        return json_response(await self.alerts.snapshot(min(int(raw), 1000)))
+        return json_response(await self.alerts.snapshot(limit))
 
     async def usage(self, request: Request) -> Response:
         """Usage and cost of every tenant (``?since=30d&by=tenant``, ``&tenant=`` for one)."""
@@ -166,3 +162,11 @@ class AdminAPI:
         """Liveness for orchestrators: 200 while at least one backend is up, else 503."""
         up = [s.name for s in self.pool.states if s.up]
         return json_response({"status": "ok" if up else "degraded", "backends_up": up}, 200 if up else 503)
+
+
+def _limit(request: Request) -> int:
+    """``?limit=``: default 100, at most 1000."""
+    raw = request.query_params.get("limit", "100")
+    if not raw.isdigit():
+        raise BadRequest("limit must be a positive integer")
+    return min(int(raw), 1000)
