@@ -35,7 +35,6 @@ import json
 import math
 import multiprocessing
 import os
-import platform
 import shutil
 import socket
 import subprocess
@@ -52,6 +51,7 @@ from typing import Any
 
 import httptools
 import uvloop
+from machine import machine_info  # bench/machine.py, beside this script
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -277,27 +277,6 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
-def machine_info() -> dict[str, Any]:
-    model = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    mem_gib = 0.0
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
-    return {
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "ram_gib": mem_gib,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-    }
 
 
 def _affinity(cpus: set[int] | None) -> Callable[[], None] | None:

@@ -32,8 +32,6 @@ import contextlib
 import itertools
 import json
 import math
-import os
-import platform
 import random
 import shutil
 import sqlite3
@@ -50,6 +48,7 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from machine import machine_info  # bench/machine.py, beside this script
 
 from hearth.store.db import MIGRATIONS, Store
 from hearth.store.schema import REQUEST_COLUMNS
@@ -429,27 +428,6 @@ def pg_database(uri: str, name: str) -> tuple[str, str]:
     url = sa.make_url(uri).set(drivername="postgresql+psycopg", database=name)
     dsn = sa.make_url(uri).set(database=name).render_as_string(hide_password=False)
     return url.render_as_string(hide_password=False), dsn
-
-
-def machine_info() -> dict[str, Any]:
-    model = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    mem_gib = 0.0
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
-    return {
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "ram_gib": mem_gib,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-    }
 
 
 # -- the report ---------------------------------------------------------------------------------
