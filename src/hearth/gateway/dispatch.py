@@ -140,8 +140,8 @@ class Passthrough:
             raise
         if self._dialect == "ollama" and self._lease.ticket.loads:
             self._lease.load_seconds = peek_load_seconds(body)
+        self._lease.first_byte(self._trace)  # before the release: the load ended first
         self._lease.settle(True)
-        self._lease.first_byte(self._trace)
         tokens = peek_usage(self._dialect, body)
         if tokens == (None, None):  # no counts: the request log gets an estimate
             self._trace.reply_estimate = estimate_tokens(reply_chars(body))

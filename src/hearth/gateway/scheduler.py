@@ -79,7 +79,8 @@ class Ticket:
         """The first byte came back (the model is loaded)."""
         if not self.job.started:
             self._sched.policy.started(self.job, self._sched.now())
-            self._sched.arm()
+            if self.job.loads:  # only a finished load can change what the policy decides
+                self._sched.arm()
 
     @property
     def loads(self) -> bool:
