@@ -46,11 +46,9 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 from machine import machine_info  # bench/machine.py, beside this script
 
-from hearth.store.db import MIGRATIONS, Store
+from hearth.store.db import Store
 from hearth.store.schema import REQUEST_COLUMNS
 from hearth.store.traces import TraceFilter, list_query, window_share
 
@@ -328,17 +326,14 @@ def insert_cost(store: Store, rounds: int = 3) -> float:
     return sorted(per_row)[len(per_row) // 2]
 
 
-def alembic(url: str, verb: str, revision: str) -> float:
-    engine = sa.create_engine(url)
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
+def migrate(url: str, revision: str, *, down: bool = False) -> float:
+    """Seconds to move the schema to ``revision`` (Store.migrate, as `hearth migrate` runs it)."""
+    store = Store(url)
     t = time.perf_counter()
     try:
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            getattr(command, verb)(cfg, revision)
+        store.migrate(revision, down=down)
     finally:
-        engine.dispose()
+        store.close()
     return time.perf_counter() - t
 
 
@@ -378,13 +373,13 @@ def run_database(kind: str, url: str, dsn: str, workdir: Path, n: int, reps: int
         result.inserts["full log, with the trace indexes"] = insert_cost(store)
     finally:
         store.close()
-    alembic(url, "downgrade", "0005")
+    migrate(url, "0005", down=True)
     store = Store(url)
     try:
         result.inserts["full log, without them (0005)"] = insert_cost(store)
     finally:
         store.close()
-    result.reindex_s = alembic(url, "upgrade", "head")
+    result.reindex_s = migrate(url, "head")
     return result
 
 
@@ -395,7 +390,7 @@ def run_empty(kind: str, url: str) -> dict[str, float]:
         ("empty log, without them (0005)", "0005"),
         ("empty log, with the trace indexes", "head"),
     ):
-        alembic(url, "upgrade", revision)
+        migrate(url, revision)
         store = Store(url)
         try:
             with store.engine.begin() as conn:

@@ -14,10 +14,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 
-from hearth.store.db import MIGRATIONS, Store
+from hearth.store.db import Store
 from hearth.store.schema import REQUEST_COLUMNS
 from hearth.store.traces import MAX_LIMIT, TraceFilter, list_query, window_share
 
@@ -352,16 +350,12 @@ def test_postgresql_can_use_the_index_meant_for_each_filter(
 # -- migration -----------------------------------------------------------------------------------
 
 
-def _alembic(url: str, verb: str, revision: str) -> None:
-    engine = sa.create_engine(url)
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
+def _migrate(url: str, revision: str, *, down: bool = False) -> None:
+    store = Store(url)
     try:
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            getattr(command, verb)(cfg, revision)
+        store.migrate(revision, down=down)
     finally:
-        engine.dispose()
+        store.close()
 
 
 def _trace_indexes(store: Store) -> set[str]:
@@ -380,7 +374,7 @@ def test_migration_0006_indexes_an_existing_log_and_keeps_its_rows(
     dialect: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     url = f"sqlite:///{tmp_path / 'hearth.db'}" if dialect == "sqlite" else request.getfixturevalue("pg_url")
-    _alembic(url, "upgrade", "0005")
+    _migrate(url, "0005")
     rows = make_rows(60, seed=3)
     old = Store(url)
     try:
@@ -400,7 +394,7 @@ def test_migration_0006_indexes_an_existing_log_and_keeps_its_rows(
         assert len(store.list_traces(limit=MAX_LIMIT)[0]) == 60
     finally:
         store.close()
-    _alembic(url, "downgrade", "0005")  # and back: the indexes go, the rows stay
+    _migrate(url, "0005", down=True)  # and back: the indexes go, the rows stay
     store = Store(url)
     try:
         assert _trace_indexes(store) == set()

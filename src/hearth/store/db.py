@@ -74,12 +74,13 @@ class Store:
         self._watch: Any = None  # the connection that asks SQLite's data_version
         self._watch_db: Any = None  # its sqlite3.Connection
 
-    def migrate(self) -> None:
+    def migrate(self, revision: str = "head", *, down: bool = False) -> None:
+        """Upgrade the schema to ``revision`` (or, with ``down``, downgrade to it)."""
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS))
         with self.engine.begin() as conn:
             cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+            (command.downgrade if down else command.upgrade)(cfg, revision)
 
     @property
     def inline_writes(self) -> bool:
