@@ -313,7 +313,7 @@ def test_hearth_on_postgresql_logs_calls_and_follows_keys_changed_by_the_cli(pg_
             assert key_id in cli("keys", "list")
 
 
-def test_migrations_add_the_key_notify_trigger(pg_url: str) -> None:
+def test_migrations_add_the_notify_triggers(pg_url: str) -> None:
     pg = Store(pg_url)
     try:
         pg.migrate()
@@ -321,6 +321,6 @@ def test_migrations_add_the_key_notify_trigger(pg_url: str) -> None:
             names = (
                 conn.execute(sa.text("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")).scalars().all()
             )
-        assert names == ["api_keys_notify"]
+        assert sorted(names) == ["api_keys_notify", "tenant_limits_notify"]
     finally:
         pg.close()

@@ -273,6 +273,7 @@ class Trace:
                 self.key_id,
                 self.queue_wait_ms,
                 estimated,
+                None,  # content_id
             )
         )
 

@@ -35,6 +35,30 @@ requests = sa.Table(
     # The backend reported no token counts, so prompt_tokens/completion_tokens are Hearth's
     # estimate (gateway/records.py says how).
     sa.Column("tokens_estimated", sa.Boolean, nullable=False, server_default=sa.false()),
+    # The stored request and reply (trace_contents), only for tenants with store_content on.
+    sa.Column("content_id", sa.Integer),
+)
+
+# Prompts and replies of the tenants who opt in (``store_content``), kept
+# ``content_retention_days``; everyone else's calls have metadata only.
+trace_contents = sa.Table(
+    "trace_contents",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("ts", sa.Float, nullable=False, index=True),
+    sa.Column("tenant", sa.String(128)),
+    sa.Column("request", sa.Text, nullable=False),  # the body as the client sent it (JSON)
+    sa.Column("response", sa.Text),  # the reply's text
+)
+
+# Limits edited at run time (admin API, hub), over the config file's: a JSON object of the
+# TenantSettings limit fields it overrides (null: no limit).
+tenant_limits = sa.Table(
+    "tenant_limits",
+    metadata,
+    sa.Column("tenant", sa.String(128), primary_key=True),
+    sa.Column("limits", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
 )
 
 tenants = sa.Table(
