@@ -20,6 +20,7 @@ from hearth.api.auth import AuthMiddleware
 from hearth.api.metrics import MetricsAPI
 from hearth.api.ollama import OllamaAPI
 from hearth.api.openai import OpenAIAPI
+from hearth.api.replay import ReplayAPI
 from hearth.api.traces import TracesAPI
 from hearth.api.usage import UsageAPI
 from hearth.backends.pool import Pool
@@ -33,8 +34,10 @@ from hearth.gateway.router import Router
 from hearth.gateway.scheduler import Scheduler
 from hearth.observability.alerts import Alerts
 from hearth.observability.metrics import Metrics
-from hearth.settings import Settings
+from hearth.observability.otel import OtelExporter
+from hearth.settings import Settings, TenantSettings
 from hearth.store.db import Store
+from hearth.store.retention import Retention
 
 log = logging.getLogger("hearth")
 
@@ -53,6 +56,15 @@ def create_app(settings: Settings) -> Starlette:
         metrics=metrics,
     )
     metrics.watch(records)
+    # OTLP: off unless an endpoint is set; then one span per call, sent from the SDK's thread.
+    otel = OtelExporter(settings.otlp, settings.backends) if settings.otlp.endpoint else None
+    if otel is not None:
+        records.exporter = otel.export
+    retention = Retention(settings, store, registry)
+
+    def policy_of(tenant: str) -> TenantSettings:
+        return settings.tenants.get(tenant, settings.tenant_defaults)
+
     alerts = Alerts(settings, store, flush=records.flush)
     if settings.alerts.enabled:
         metrics.listeners.append(alerts.observe)  # durations and failures, per model
@@ -67,6 +79,7 @@ def create_app(settings: Settings) -> Starlette:
         *AdminAPI(settings, pool, store, records, auth, scheduler, alerts).routes(),
         *UsageAPI(settings, store, records).routes(),
         *TracesAPI(settings, pool, store, records, scheduler).routes(),
+        *ReplayAPI(settings, gateway, store, policy_of).routes(),
         *MetricsAPI(settings, registry).routes(),
     ]
 
@@ -89,6 +102,7 @@ def create_app(settings: Settings) -> Starlette:
             await auth.start()  # PostgreSQL: LISTEN for key changes made by other processes
             await pool.start(session)
             records.start()
+            retention.start()  # a first run now, then every store.retention_interval
             await alerts.start(session)
             # Everything built so far (modules, settings, SQLAlchemy metadata...) lives as long as
             # the process: keep the cyclic GC from rescanning it on every collection, which
@@ -101,6 +115,9 @@ def create_app(settings: Settings) -> Starlette:
             await pool.stop()
             await session.close()
             await records.stop()  # graceful shutdown: nothing recorded is lost
+            if otel is not None:
+                await otel.shutdown()  # the spans still queued are sent
+            await retention.stop()
             await limits.close()  # pending settlements reach Redis, then its connections close
             await auth.stop()
             store.close()
@@ -111,4 +128,6 @@ def create_app(settings: Settings) -> Starlette:
     app.state.metrics = metrics
     app.state.scheduler = scheduler
     app.state.alerts = alerts
+    app.state.retention = retention
+    app.state.otel = otel
     return app

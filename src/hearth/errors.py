@@ -6,9 +6,11 @@
     +-- Unauthorized            401  missing or bad key (issue 3)
     +-- Forbidden               403  a key that may not do this (issue 3)
     +-- ModelNotFound           404  no backend serves the model, or the backend said so
+    +-- TraceNotFound           404  no such trace (or, to a tenant, another tenant's)
     +-- PayloadTooLarge         413  body over the configured limit
     +-- RateLimited             429  a limit was hit; carries retry_after seconds
     |   +-- QueueFull           429  too many of the tenant's requests wait already
+    +-- NoStoredContent         409  replay of a call whose prompt is not stored
     +-- ClientCancelled         499  the client went away
     +-- UpstreamError           the backend answered with an error status (status kept)
     |   +-- BackendUnavailable  503  connection refused, reset, timed out, circuit open, 503/429
@@ -87,6 +89,20 @@ class QueueTimeout(HearthError):
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class TraceNotFound(HearthError):
+    status = 404
+    openai_type = "not_found_error"
+
+    def __init__(self, trace_id: int) -> None:
+        super().__init__(f"trace {trace_id} not found")
+        self.trace_id = trace_id
+
+
+class NoStoredContent(HearthError):
+    status = 409
+    openai_type = "invalid_request_error"
 
 
 class ClientCancelled(HearthError):

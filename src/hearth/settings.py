@@ -111,6 +111,20 @@ class StoreSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     flush_interval: float = 0.2
     # Rows held while the store is slow; beyond this they are dropped and counted.
     max_pending: int = 100_000
+    # Days the request log keeps a call's row (metadata); null: forever. At least 32: the day
+    # and month token quotas are seeded from the log at start-up.
+    retention_days: float | None = 365.0
+    # Seconds between runs of the retention job (it also runs at start-up).
+    retention_interval: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if self.retention_days is not None and self.retention_days < 32:
+            raise ValueError(
+                "retention_days: expected 32 or more (token quotas per month are read back from "
+                "the request log), or null to keep it forever"
+            )
+        if self.retention_interval <= 0:
+            raise ValueError("retention_interval: expected a positive number of seconds")
 
 
 class TenantSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -141,6 +155,10 @@ class TenantSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # waited max_wait seconds gets 503. Both with Retry-After.
     max_queue: int = 256
     max_wait: float = 300.0
+    # Keep each call's request and reply text (the hub shows them and can replay them) for
+    # content_retention_days. Off: metadata only. Sub-tenants share their tenant's choice.
+    store_content: bool = False
+    content_retention_days: float = 30.0
 
 
 class SchedulerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -288,6 +306,24 @@ class AlertSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise ValueError("min_calls: expected 1 or more")
 
 
+class OtlpSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Export each call as an OpenTelemetry span (observability/otel.py) over OTLP/HTTP."""
+
+    # The collector's base URL (Tempo, Jaeger, an OpenTelemetry Collector: http://host:4318;
+    # Langfuse: https://cloud.langfuse.com/api/public/otel); /v1/traces is added. None: off.
+    endpoint: str | None = None
+    # Sent with every export, e.g. {Authorization: "Basic ${LANGFUSE_AUTH}"}.
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    service_name: str = "hearth"
+    timeout: float = 10.0  # seconds for one export
+
+    def __post_init__(self) -> None:
+        if self.endpoint is not None and not self.endpoint.startswith(("http://", "https://")):
+            raise ValueError("endpoint: expected an http:// or https:// URL")
+        if self.timeout <= 0:
+            raise ValueError("timeout: expected a positive number of seconds")
+
+
 class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
@@ -306,6 +342,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pricing: PricingSettings = msgspec.field(default_factory=PricingSettings)
     redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
     alerts: AlertSettings = msgspec.field(default_factory=AlertSettings)
+    otlp: OtlpSettings = msgspec.field(default_factory=OtlpSettings)
 
     @property
     def data_path(self) -> Path:
@@ -449,7 +486,7 @@ def _check(s: Settings) -> None:
                 raise ConfigError(f"invalid config: backends[{i}].{key}: expected a positive number")
     for name, t in [*s.tenants.items(), ("tenant_defaults", s.tenant_defaults)]:
         where = name if name == "tenant_defaults" else f"tenants.{name}"
-        for key in ("weight", "max_wait"):
+        for key in ("weight", "max_wait", "content_retention_days"):
             if getattr(t, key) <= 0:
                 raise ConfigError(f"invalid config: {where}.{key}: expected a positive number")
         if t.max_queue < 0:
@@ -494,6 +531,8 @@ store:
   # url: postgresql+psycopg://hearth:${PGPASSWORD}@db/hearth   # default: <data_dir>/hearth.db
   log_requests: true       # one row per call: model, backend, status, timings, tokens; never prompts
   flush_interval: 0.2      # seconds between batched writes (a crash loses at most this much)
+  retention_days: 365      # days the request log keeps a call (32 or more); null: forever
+  retention_interval: 3600 # seconds between runs of the retention job
 
 timeouts:                  # seconds
   connect: 5
@@ -557,6 +596,9 @@ tenants: {}
 #     weight: 1            # share when several tenants wait for the same backend
 #     max_queue: 256       # requests waiting at once; more get 429
 #     max_wait: 1800       # seconds a request may wait for a backend; then 503
+#   diary:
+#     store_content: true  # keep prompts and replies (hub: read, replay); default: metadata only
+#     content_retention_days: 30   # then they are deleted (the call's metadata stays)
 # tenant_defaults: {rpm: 60}   # for tenants not listed here (created by `hearth keys create`)
 
 scheduler:                 # fair, model-aware queues in front of each backend (README: the scheduler)
@@ -595,6 +637,13 @@ alerts:                    # built-in alert rules (README: Alerts); null as a th
   #     url: ${SLACK_WEBHOOK_URL}
   #   - kind: webhook      # POST {alert, subject, state, value, threshold, message, since, resolved_at}
   #     url: http://n8n.lan:5678/webhook/hearth-alerts
+
+otlp:                      # one OpenTelemetry span per call (GenAI semantic conventions)
+  endpoint: null           # e.g. http://tempo:4318 (/v1/traces is added); null: off
+  headers: {}              # e.g. {Authorization: "Basic ${LANGFUSE_AUTH}"}
+  service_name: hearth
+  timeout: 10              # seconds for one export
+  # prompts and replies go into spans only for tenants with store_content: true
 
 aliases: {}
 # aliases:                 # example: service-facing names with enforced defaults

@@ -245,7 +245,7 @@ def test_a_far_back_until_reads_its_window_and_a_recent_one_walks_back(filled: F
 
 def test_get_trace_returns_the_whole_row_or_none(filled: Filled) -> None:
     row = filled.rows[123]
-    assert filled.store.get_trace(row["id"]) == row
+    assert filled.store.get_trace(row["id"]) == {**row, "content": None}  # nothing stored
     assert filled.store.get_trace(10**9) is None
 
 

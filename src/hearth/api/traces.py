@@ -2,9 +2,11 @@
 
 ``GET /admin/traces`` lists every tenant's calls, newest first, filtered by query parameters and
 paged by a cursor (``{"traces": [...], "next": id or null}``; pass ``next`` back as ``before``);
-``GET /admin/traces/{id}`` is one call; ``GET /admin/overview`` is the rates, errors and tokens
-of the last minutes and of today, with the backends and the scheduler's queues. Admins only
-(``server.admin_key`` or an admin tenant's key); errors in OpenAI's shape, like the rest of /admin.
+``GET /admin/traces/{id}`` is one call, with its stored prompt and reply (``"content"``: null
+unless its tenant has ``store_content``; lists never carry it); ``GET /admin/overview`` is the
+rates, errors and tokens of the last minutes and of today, with the backends and the scheduler's
+queues. Admins only (``server.admin_key`` or an admin tenant's key); errors in OpenAI's shape,
+like the rest of /admin. ``POST /admin/traces/{id}/replay`` is in api/replay.py.
 
 ``GET /api/traces`` and ``GET /api/traces/{id}`` are the same for any caller with a key or from
 a trusted network, limited like ``/api/usage`` to the caller's tenant and its sub-tenants:
@@ -147,7 +149,8 @@ def _not_found(dialect: Dialect) -> Response:
     return json_response({"error": error}, 404)
 
 
-def _trace_id(request: Request) -> int:
+def trace_id_of(request: Request) -> int:
+    """The {trace_id} of a route's path; BadRequest unless it is a positive integer."""
     raw = request.path_params["trace_id"]
     if not _digits(raw) or not 1 <= int(raw) <= _MAX_ID:
         raise BadRequest(f"id: expected a positive integer; got {raw!r}", "id")
@@ -194,7 +197,7 @@ class TracesAPI:
 
     async def _get(self, request: Request, scope: str | None, dialect: Dialect) -> Response:
         try:
-            trace_id = _trace_id(request)
+            trace_id = trace_id_of(request)
         except HearthError as exc:
             return error_response(exc, dialect)
         await self.records.flush()

@@ -26,6 +26,7 @@ from hearth.backends.base import RawResponse
 from hearth.backends.pool import BackendState, Pool
 from hearth.errors import BackendUnavailable, HearthError, ModelNotFound, NoBackend, UpstreamError
 from hearth.gateway.auth import Principal
+from hearth.gateway.content import reply_text, stream_text
 from hearth.gateway.limits import Limits
 from hearth.gateway.records import (
     RequestLog,
@@ -140,6 +141,8 @@ class Passthrough:
             raise
         if self._dialect == "ollama" and self._lease.ticket.loads:
             self._lease.load_seconds = peek_load_seconds(body)
+        if self._trace.content is not None:  # the tenant stores content
+            self._trace.reply_text = reply_text(body)
         self._lease.first_byte(self._trace)  # before the release: the load ended first
         self._lease.settle(True)
         tokens = peek_usage(self._dialect, body)
@@ -157,6 +160,8 @@ class Passthrough:
         records = 0  # relayed, for the token estimate when the backend reports no counts
         trace = self._trace
         lease = self._lease
+        # What was relayed, only for a tenant that stores content (read once the stream ends).
+        kept: list[bytes] | None = None if trace.content is None else []
         ok = False
         try:
             async for data in self.raw.iter_chunks():
@@ -170,19 +175,27 @@ class Passthrough:
                     if not piece.startswith(_SSE_DONE):
                         last = piece
                     lease.first_byte(trace)
+                    if kept is not None:
+                        kept.append(piece)
                     yield piece
             if pending:
                 if not pending.startswith(_SSE_DONE):
                     last = pending
                 records += 1
+                if kept is not None:
+                    kept.append(pending)
                 yield pending
             ok = True
         except HearthError as exc:
             self._lease.settle(False)
+            if kept is not None:
+                trace.reply_text = stream_text(self._dialect, b"".join(kept))
             trace.finish(200, exc.message)  # the status line had gone out already
             raise
         finally:
             self.raw.close()
+            if kept is not None and not trace.done:
+                trace.reply_text = stream_text(self._dialect, b"".join(kept))
             if ok and self._dialect == "ollama" and lease.ticket.loads:
                 lease.load_seconds = peek_load_seconds(last)
             self._lease.settle(True if ok else None)
@@ -209,6 +222,7 @@ class Translated:
         usage = None
         chars = 0  # of reply text, for the token estimate when the backend reports no counts
         trace = self._trace
+        kept: list[str] | None = None if trace.content is None else []  # store_content only
         ok = False
         try:
             async for c in chunks:
@@ -218,16 +232,22 @@ class Translated:
                     if usage.load_duration:
                         self._lease.load_seconds = usage.load_duration / 1e9
                 chars += len(c.content) + len(c.thinking)
+                if kept is not None:
+                    kept.append(c.content)
                 yield c
             ok = True
         except HearthError as exc:
             self._lease.settle(False)
+            if kept is not None:
+                trace.reply_text = "".join(kept)
             trace.finish(200, exc.message)
             raise
         finally:
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
                 await aclose()
+            if kept is not None and not trace.done:
+                trace.reply_text = "".join(kept)
             self._lease.settle(True if ok else None)
             if ok:
                 if usage is None:
@@ -286,6 +306,8 @@ class Gateway:
             call.dialect, call.endpoint.value, call.request.model, stream, who.name, who.key_id
         )
         trace.request_bytes = len(call.raw)
+        if who.policy.store_content:
+            trace.content = call.raw  # kept with the reply's text (gateway/content.py)
         try:
             max_tokens = call.request.options.get("num_predict")
             estimate = self.limits.estimate(

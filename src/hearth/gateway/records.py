@@ -9,7 +9,13 @@ falls behind, rows beyond ``store.max_pending`` are dropped and counted rather t
 grow.
 
 Token counts are peeked from the backend's own final record (Ollama's prompt_eval_count and
-eval_count, OpenAI's usage); prompts and replies are never stored.
+eval_count, OpenAI's usage). Prompts and replies are stored only for tenants with
+``store_content`` on: their calls carry the request body and the reply's text
+(gateway/content.py), written to ``trace_contents`` in the same batch and transaction as the
+rows that point at them. Everyone else's calls hold neither.
+
+``RequestLog.exporter``, when set (observability/otel.py), is called with each finished trace:
+one attribute check per call when it is not.
 
 When a call that reached a backend succeeded but the backend reported no counts at all (an
 OpenAI-compatible stream whose client did not ask for ``include_usage``, a server that never
@@ -34,6 +40,7 @@ import asyncio
 import logging
 import sqlite3
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -165,6 +172,7 @@ class Trace:
         "_ttft",
         "attempts",
         "backend",
+        "content",
         "dialect",
         "done",
         "endpoint",
@@ -174,6 +182,7 @@ class Trace:
         "queue_position",
         "queue_wait_ms",
         "reply_estimate",
+        "reply_text",
         "request_bytes",
         "reservation",
         "served_model",
@@ -213,6 +222,10 @@ class Trace:
         self.estimate = 0  # tokens reserved at admission; the scheduler's cost of the request
         self.queue_position = 0  # its place in the queue when it arrived (1: next); 0: no queue
         self.queue_wait_ms = 0.0  # waiting for a scheduler slot, all attempts together
+        # Tenants with store_content only: the request body as the client sent it, and the
+        # reply's text once known (None for every other call: nothing is kept or parsed).
+        self.content: bytes | None = None
+        self.reply_text: str | None = None
 
     def queued(self, position: int, waited: float) -> None:
         if not self.queue_wait_ms:
@@ -222,6 +235,11 @@ class Trace:
     @property
     def ttft_ms(self) -> float | None:
         return self._ttft
+
+    @property
+    def started_at(self) -> float:
+        """When the call started, epoch seconds."""
+        return self._ts
 
     def first_byte(self) -> None:
         if self._ttft is None:
@@ -246,12 +264,17 @@ class Trace:
         metrics = self._log.metrics
         if metrics is not None:
             metrics.observe(self, status, error, tokens, duration)
+        reported = tokens
         estimated = False
         if tokens == (None, None) and status == 200 and error is None and self.backend is not None:
             # Reached a backend, succeeded, no counts: the request log gets an estimate.
             reply = 0 if self.endpoint == "embed" else self.reply_estimate
             tokens = (estimate_tokens(self.request_bytes), reply)
             estimated = True
+        content = None
+        if self.content is not None:
+            answer = None if self.endpoint == "embed" else self.reply_text
+            content = (self._ts, self.tenant, self.content.decode("utf-8", "replace"), answer)
         # In REQUEST_COLUMNS order (store/schema.py).
         self._log.add(
             (
@@ -273,13 +296,21 @@ class Trace:
                 self.key_id,
                 self.queue_wait_ms,
                 estimated,
-                None,  # content_id
-            )
+                None,  # content_id: set by the store when ``content`` is written
+            ),
+            content,
         )
+        exporter = self._log.exporter
+        if exporter is not None:
+            exporter(self, status, error, reported, duration)
 
     def finish_usage(self, usage: Usage | None, status: int = 200, error: str | None = None) -> None:
         tokens = (usage.prompt_tokens, usage.completion_tokens) if usage else (None, None)
         self.finish(status, error, tokens)
+
+
+# Called with (trace, status, error, the backend's token counts, seconds) as each call ends.
+Exporter = Callable[["Trace", int, str | None, tuple[int | None, int | None], float], None]
 
 
 class RequestLog:
@@ -299,6 +330,9 @@ class RequestLog:
         self.flush_interval = flush_interval
         self.max_pending = max_pending
         self.pending: list[tuple[Any, ...]] = []
+        # (index in pending, trace_contents row) for the calls of tenants with store_content.
+        self.pending_contents: list[tuple[int, tuple[Any, ...]]] = []
+        self.exporter: Exporter | None = None
         self._since_checkpoint = 0
         self.dropped = 0
         self.written = 0
@@ -315,24 +349,29 @@ class RequestLog:
     ) -> Trace:
         return Trace(self, dialect, endpoint, model, stream, tenant, key_id)
 
-    def add(self, row: tuple[Any, ...]) -> None:
+    def add(self, row: tuple[Any, ...], content: tuple[Any, ...] | None = None) -> None:
+        """``row`` in REQUEST_COLUMNS order; ``content`` (ts, tenant, request, response) for a
+        tenant with store_content."""
         if self.store is None:
             return
         if len(self.pending) >= self.max_pending:
             self.dropped += 1
             return
+        if content is not None:
+            self.pending_contents.append((len(self.pending), content))
         self.pending.append(row)
 
     async def flush(self) -> None:
         if not self.pending or self.store is None:
             return
         batch, self.pending = self.pending, []
+        contents, self.pending_contents = self.pending_contents, []
         store = self.store
         try:
             if store.inline_writes:
-                store.insert_requests(batch)
+                store.insert_requests(batch, contents)
             else:
-                await asyncio.to_thread(store.insert_requests, batch)
+                await asyncio.to_thread(store.insert_requests, batch, contents)
         except (sqlalchemy.exc.SQLAlchemyError, sqlite3.Error) as exc:
             self.dropped += len(batch)
             log.error("could not write %d request records: %s", len(batch), exc)

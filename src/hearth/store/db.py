@@ -22,6 +22,7 @@ one dedicated psycopg connection of its own (gateway/auth.py reloads its key tab
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -32,7 +33,16 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
-from hearth.store.schema import REQUEST_COLUMNS, USAGE_GROUPS, alert_events, api_keys, requests, tenants
+from hearth.store.schema import (
+    CONTENT_COLUMNS,
+    REQUEST_COLUMNS,
+    USAGE_GROUPS,
+    alert_events,
+    api_keys,
+    requests,
+    tenants,
+    trace_contents,
+)
 from hearth.store.traces import TraceFilter, clamp_limit, list_query, overview_queries, window_share
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -53,6 +63,11 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 _INSERT_REQUEST = (
     f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) VALUES ({', '.join('?' * len(REQUEST_COLUMNS))})"
 )
+_INSERT_CONTENT = (
+    f"INSERT INTO trace_contents ({', '.join(CONTENT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(CONTENT_COLUMNS))}) RETURNING id"
+)
+assert REQUEST_COLUMNS[-1] == "content_id"  # insert_requests sets it last in each row
 
 
 class Store:
@@ -87,12 +102,24 @@ class Store:
         """True when insert_requests is cheap enough to call on the event loop."""
         return self.is_sqlite
 
-    def insert_requests(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Rows are tuples in REQUEST_COLUMNS order."""
+    def insert_requests(
+        self, rows: Sequence[tuple[Any, ...]], contents: Sequence[tuple[int, tuple[Any, ...]]] = ()
+    ) -> None:
+        """Rows are tuples in REQUEST_COLUMNS order. ``contents`` are (index of a row, its
+        trace_contents row in CONTENT_COLUMNS order): written first, in the same transaction,
+        and the row's content_id set to the new id."""
         if not rows:
             return
         if not self.is_sqlite:
             with self.engine.begin() as conn:
+                if contents:
+                    tc = trace_contents
+                    insert = tc.insert().returning(tc.c.id, sort_by_parameter_order=True)
+                    params = [dict(zip(CONTENT_COLUMNS, c, strict=True)) for _, c in contents]
+                    ids = conn.execute(insert, params).scalars().all()
+                    rows = list(rows)
+                    for (i, _), content_id in zip(contents, ids, strict=True):
+                        rows[i] = (*rows[i][:-1], content_id)
                 conn.execute(requests.insert(), [dict(zip(REQUEST_COLUMNS, r, strict=True)) for r in rows])
             return
         if self._writer is None:
@@ -102,8 +129,16 @@ class Store:
             cur.close()
         cur = self._writer.cursor()
         try:
+            if contents:
+                rows = list(rows)
+                for i, content in contents:
+                    cur.execute(_INSERT_CONTENT, content)
+                    rows[i] = (*rows[i][:-1], cur.fetchone()[0])
             cur.executemany(_INSERT_REQUEST, rows)
             self._writer.commit()
+        except BaseException:
+            self._writer.rollback()  # no content row without the call that points at it
+            raise
         finally:
             cur.close()
 
@@ -354,10 +389,73 @@ class Store:
         return rows, rows[-1]["id"]
 
     def get_trace(self, trace_id: int) -> dict[str, Any] | None:
-        query = sa.select(requests).where(requests.c.id == trace_id)
+        """One call's row, with ``content``: {"request": the body as the client sent it,
+        parsed, "response": the reply's text}, or None when nothing was stored (or retention
+        has deleted it)."""
+        r, c = requests.c, trace_contents.c
+        # SQLite may reuse the id of a deleted content row: its ts and tenant must match too.
+        joined = requests.outerjoin(
+            trace_contents,
+            sa.and_(c.id == r.content_id, c.ts == r.ts, c.tenant.is_not_distinct_from(r.tenant)),
+        )
+        query = (
+            sa.select(requests, c.id.label("_content"), c.request.label("_request"))
+            .add_columns(c.response.label("_response"))
+            .select_from(joined)
+            .where(r.id == trace_id)
+        )
         with self.engine.connect() as conn:
-            row = conn.execute(query).first()
-        return None if row is None else dict(row._mapping)
+            found = conn.execute(query).first()
+        if found is None:
+            return None
+        row = dict(found._mapping)
+        has, request, response = row.pop("_content"), row.pop("_request"), row.pop("_response")
+        row["content"] = None
+        if has is not None:
+            try:
+                body = json.loads(request)
+            except ValueError:
+                body = request  # not JSON after all: shown as it came
+            row["content"] = {"request": body, "response": response}
+        return row
+
+    def delete_requests_before(self, before: float, limit: int) -> int:
+        """Delete up to ``limit`` request-log rows of calls started before ``before``; how many
+        went. Small batches keep SQLite's write lock short."""
+        r = requests.c
+        batch = sa.select(r.id).where(r.ts < before).limit(limit)
+        with self.engine.begin() as conn:
+            return int(conn.execute(requests.delete().where(r.id.in_(batch.scalar_subquery()))).rowcount)
+
+    def delete_contents(
+        self,
+        keep: Mapping[str, float | None],
+        default: float | None,
+        before: float | None,
+        limit: int,
+    ) -> int:
+        """Delete up to ``limit`` stored prompts and replies; how many went. ``keep`` maps a
+        tenant (with its sub-tenants "t/...") to the time before which its content goes, or None
+        when all of it goes; ``default`` is that time for every other tenant; and anything
+        older than ``before`` goes whoever it belongs to."""
+        c = trace_contents.c
+
+        def older(cutoff: float | None) -> Any:
+            return sa.true() if cutoff is None else c.ts < cutoff
+
+        conds = []
+        named = []
+        for tenant, cutoff in keep.items():
+            mine = sa.or_(c.tenant == tenant, c.tenant.startswith(f"{tenant}/", autoescape=True))
+            named.append(mine)
+            conds.append(sa.and_(mine, older(cutoff)))
+        others = sa.or_(c.tenant.is_(None), sa.not_(sa.or_(*named))) if named else sa.true()
+        conds.append(sa.and_(others, older(default)))
+        if before is not None:
+            conds.append(c.ts < before)
+        batch = sa.select(c.id).where(sa.or_(*conds)).limit(limit).scalar_subquery()
+        with self.engine.begin() as conn:
+            return int(conn.execute(trace_contents.delete().where(c.id.in_(batch))).rowcount)
 
     def overview(self, since: float | None = None, now: float | None = None) -> dict[str, Any]:
         """What the hub's overview needs from the log: calls and errors in the last minute and

@@ -98,6 +98,8 @@ alert_events = sa.Table(
 
 # Column order of the tuples the request log hands to Store.insert_requests.
 REQUEST_COLUMNS = tuple(c.name for c in requests.columns if c.name != "id")
+# And of the trace_contents rows that may come with them.
+CONTENT_COLUMNS = tuple(c.name for c in trace_contents.columns if c.name != "id")
 
 # The columns usage can be grouped by (Store.usage_summary).
 USAGE_GROUPS = ("tenant", "model", "backend", "served_model")
