@@ -17,6 +17,7 @@ from starlette.routing import BaseRoute
 
 from hearth.api.admin import AdminAPI
 from hearth.api.auth import AuthMiddleware
+from hearth.api.hub import HubAPI
 from hearth.api.metrics import MetricsAPI
 from hearth.api.ollama import OllamaAPI
 from hearth.api.openai import OpenAIAPI
@@ -81,6 +82,7 @@ def create_app(settings: Settings) -> Starlette:
         *TracesAPI(settings, pool, store, records, scheduler).routes(),
         *ReplayAPI(settings, gateway, store, policy_of).routes(),
         *MetricsAPI(settings, registry).routes(),
+        *HubAPI(settings, pool, store, records, auth, scheduler, alerts, gateway, policy_of).routes(),
     ]
 
     @contextlib.asynccontextmanager
@@ -130,4 +132,5 @@ def create_app(settings: Settings) -> Starlette:
     app.state.alerts = alerts
     app.state.retention = retention
     app.state.otel = otel
+    app.state.auth = auth
     return app

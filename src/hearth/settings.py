@@ -306,6 +306,35 @@ class AlertSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise ValueError("min_calls: expected 1 or more")
 
 
+class HubSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The web hub at /hub (api/hub.py)."""
+
+    enabled: bool = True
+    # Admin logins: user name -> Argon2 hash of the password (`hearth hub password NAME` prints
+    # one). Tenants log in with one of their API keys; a key of an admin tenant logs in as admin.
+    admins: dict[str, str] = msgspec.field(default_factory=dict)
+    # Signs the session cookies. Unset: a random secret kept in server.data_dir/hub-secret
+    # (give every Hearth behind one address the same secret).
+    secret: str | None = None
+    session_hours: float = 12.0
+    # Send cookies only over HTTPS: turn on when Hearth is served behind TLS.
+    secure_cookies: bool = False
+    # Failed logins allowed per client address and minute.
+    login_attempts_per_minute: int = 10
+
+    def __post_init__(self) -> None:
+        if self.session_hours <= 0:
+            raise ValueError("session_hours: expected a positive number of hours")
+        if self.login_attempts_per_minute < 1:
+            raise ValueError("login_attempts_per_minute: expected 1 or more")
+        for name, hashed in self.admins.items():
+            if not hashed.startswith("$argon2"):
+                raise ValueError(
+                    f"admins.{name}: expected an Argon2 hash ($argon2id$...), never the password "
+                    "itself: `hearth hub password NAME` prints one"
+                )
+
+
 class OtlpSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Export each call as an OpenTelemetry span (observability/otel.py) over OTLP/HTTP."""
 
@@ -343,6 +372,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
     alerts: AlertSettings = msgspec.field(default_factory=AlertSettings)
     otlp: OtlpSettings = msgspec.field(default_factory=OtlpSettings)
+    hub: HubSettings = msgspec.field(default_factory=HubSettings)
 
     @property
     def data_path(self) -> Path:
@@ -637,6 +667,16 @@ alerts:                    # built-in alert rules (README: Alerts); null as a th
   #     url: ${SLACK_WEBHOOK_URL}
   #   - kind: webhook      # POST {alert, subject, state, value, threshold, message, since, resolved_at}
   #     url: http://n8n.lan:5678/webhook/hearth-alerts
+
+hub:                       # the web hub at http://HOST:11435/hub (README: The hub)
+  enabled: true
+  admins: {}               # name: Argon2 hash, from `hearth hub password NAME`
+  # admins:
+  #   alice: "$argon2id$v=19$m=65536,t=3,p=4$..."
+  secret: null             # signs session cookies; null: a random one kept in data_dir/hub-secret
+  session_hours: 12
+  secure_cookies: false    # true when Hearth is served over HTTPS
+  login_attempts_per_minute: 10   # failed logins per client address
 
 otlp:                      # one OpenTelemetry span per call (GenAI semantic conventions)
   endpoint: null           # e.g. http://tempo:4318 (/v1/traces is added); null: off

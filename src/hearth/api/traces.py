@@ -240,10 +240,18 @@ class TracesAPI:
             since = None if raw is None else parse_time(raw, "since", now)
         except HearthError as exc:
             return error_response(exc, "openai")
-        await self.records.flush()
-        figures: dict[str, Any] = await asyncio.to_thread(self.store.overview, since, now)
-        figures["last_minute"] = _rates(figures["last_minute"], 60)
-        figures["last_5_minutes"] = _rates(figures["last_5_minutes"], 300)
-        figures["backends"] = [s.as_json() for s in self.pool.states]
-        figures["queue"] = self.scheduler.waiting_by_model()
-        return json_response(figures)
+        return json_response(await overview_figures(self.store, self.records, self.pool, self.scheduler, since, now))
+
+
+async def overview_figures(
+    store: Store, records: RequestLog, pool: Pool, scheduler: Scheduler, since: float | None, now: float
+) -> dict[str, Any]:
+    """What ``GET /admin/overview`` answers (and the hub's overview shows)."""
+    await records.flush()
+    figures: dict[str, Any] = await asyncio.to_thread(store.overview, since, now)
+    figures["last_minute"] = _rates(figures["last_minute"], 60)
+    figures["last_5_minutes"] = _rates(figures["last_5_minutes"], 300)
+    figures["backends"] = [s.as_json() for s in pool.states]
+    figures["queue"] = scheduler.waiting_by_model()
+    figures["queue_by_backend"] = scheduler.waiting_by_backend()
+    return figures

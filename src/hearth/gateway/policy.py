@@ -273,6 +273,17 @@ class Policy:
     def waiting_by_model(self) -> dict[str, int]:
         return dict(self._waiting)
 
+    def waiting_by_backend(self) -> dict[str, int]:
+        """Requests waiting that may run on each backend (one that may go to two counts at both)."""
+        out = dict.fromkeys(self._backends, 0)
+        for tenants in self._queues.values():
+            for q in tenants.values():
+                for j in q:
+                    for name in j.backends:
+                        if name in out:
+                            out[name] += 1
+        return out
+
     def expected_wait(self, model: str, backends: Iterable[str]) -> float:
         """A rough wait for a new request for ``model``, for Retry-After: the queue ahead of it
         over the slots that serve it, at the model's average service time, plus a load if it is

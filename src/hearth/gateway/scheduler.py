@@ -201,6 +201,9 @@ class Scheduler:
     def waiting_by_model(self) -> dict[str, int]:
         return self.policy.waiting_by_model()
 
+    def waiting_by_backend(self) -> dict[str, int]:
+        return self.policy.waiting_by_backend()
+
     def loads_by_backend(self) -> dict[str, int]:
         return self.policy.loads_by_backend()
 

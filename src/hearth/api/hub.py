@@ -1,0 +1,533 @@
+"""The hub: Hearth's web pages at /hub, rendered on the server (Jinja2), with charts drawn as SVG
+on the server (pygal) and one small script that refreshes the live parts of a page.
+
+Admins see everything; a tenant logged in with one of its keys sees its own usage and traces
+only (the rule of ``/api/usage`` and ``/api/traces``: itself and its sub-tenants). Each page
+reads the same functions as its JSON twin in the admin API, named at the foot of the page:
+
+| page | twin |
+|---|---|
+| ``/hub`` overview (live: ``/hub/live``) | ``GET /admin/overview`` |
+| ``/hub/usage`` | ``GET /admin/usage`` (tenants: ``/api/usage``) |
+| ``/hub/traces``, ``/hub/traces/{id}`` | ``GET /admin/traces[/{id}]`` (tenants: ``/api/traces``) |
+| ``/hub/tenants`` | ``GET /admin/tenants``, ``GET/POST /admin/keys``, ``DELETE /admin/keys/{id}`` |
+| ``/hub/alerts`` | ``GET /admin/alerts`` |
+
+Logins, sessions and CSRF are in hub/session.py. Every form posts a CSRF token; a page that
+needs a login redirects to ``/hub/login``; a tenant asking for an admin page gets 403, and for
+another tenant's trace 404, as the JSON API does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from limits import RateLimitItemPerMinute
+from limits.aio.storage import MemoryStorage
+from limits.aio.strategies import MovingWindowRateLimiter
+from starlette.datastructures import FormData
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from hearth.api.traces import _within, overview_figures, trace_query
+from hearth.api.usage import usage_report
+from hearth.backends.pool import Pool
+from hearth.errors import BadRequest, HearthError, Unauthorized
+from hearth.gateway.auth import Authenticator
+from hearth.gateway.dispatch import Gateway
+from hearth.gateway.records import RequestLog
+from hearth.gateway.replay import replay
+from hearth.gateway.scheduler import Scheduler
+from hearth.gateway.usage import parse_since
+from hearth.hub.charts import bars, stacked_bars
+from hearth.hub.session import (
+    COOKIE,
+    LOGIN_COOKIE,
+    LOGIN_TOKEN_SECONDS,
+    Session,
+    Sessions,
+    check_password,
+    load_secret,
+    password_version,
+)
+from hearth.observability.alerts import Alerts
+from hearth.settings import Settings, TenantSettings
+from hearth.store.db import Store
+
+HUB = Path(__file__).resolve().parent.parent / "hub"
+LIVE_EVERY_MS = 2000
+# Pages may load their own script and style sheet only; pygal's SVG carries inline styles.
+_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+SINCE_CHOICES = ("1h", "24h", "7d", "30d", "90d")
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return ""
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _gb(size: int | None) -> str:
+    return "" if not size else f"{size / 1e9:.1f} GB"
+
+
+def _num(x: float | int | None, digits: int = 0) -> str:
+    if x is None:
+        return ""
+    return f"{x:,.{digits}f}"
+
+
+def _pretty(value: Any) -> str:
+    """JSON for reading (escaped by the template like any text, unlike Jinja's tojson)."""
+    return json.dumps(value, indent=2, ensure_ascii=False)
+
+
+def _money(x: float) -> str:
+    return f"{x:,.2f}" if x >= 0.01 or x == 0 else f"{x:,.4f}"
+
+
+class HubAPI:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: Pool,
+        store: Store,
+        records: RequestLog,
+        auth: Authenticator,
+        scheduler: Scheduler,
+        alerts: Alerts,
+        gateway: Gateway,
+        policy_of: Callable[[str], TenantSettings],
+    ) -> None:
+        self.settings = settings
+        self.cfg = settings.hub
+        self.gateway = gateway
+        self.policy_of = policy_of
+        self.pool = pool
+        self.store = store
+        self.records = records
+        self.auth = auth
+        self.scheduler = scheduler
+        self.alerts = alerts
+        self.sessions = Sessions(
+            load_secret(self.cfg.secret, settings.data_path), self.cfg.session_hours * 3600
+        )
+        self.templates = Jinja2Templates(directory=HUB / "templates")
+        env = self.templates.env
+        env.filters.update(when=_when, gb=_gb, num=_num, money=_money, pretty=_pretty)
+        env.globals.update(live_every=LIVE_EVERY_MS, since_choices=SINCE_CHOICES)
+        self._failures = MovingWindowRateLimiter(MemoryStorage())
+        self._attempts = RateLimitItemPerMinute(self.cfg.login_attempts_per_minute)
+
+    def routes(self) -> list[BaseRoute]:
+        if not self.cfg.enabled:
+            return []
+        return [
+            Mount("/hub/static", StaticFiles(directory=HUB / "static"), name="hub-static"),
+            Route("/hub", self.overview, methods=["GET"]),
+            Route("/hub/live", self.live, methods=["GET"]),
+            Route("/hub/login", self.login, methods=["GET", "POST"]),
+            Route("/hub/logout", self.logout, methods=["POST"]),
+            Route("/hub/usage", self.usage, methods=["GET"]),
+            Route("/hub/traces", self.traces, methods=["GET"]),
+            Route("/hub/traces/{trace_id}", self.trace, methods=["GET"]),
+            Route("/hub/traces/{trace_id}/replay", self.replay, methods=["POST"]),
+            Route("/hub/tenants", self.tenants, methods=["GET"]),
+            Route("/hub/keys", self.create_key, methods=["POST"]),
+            Route("/hub/keys/{key_id}/revoke", self.revoke_key, methods=["POST"]),
+            Route("/hub/alerts", self.alert_page, methods=["GET"]),
+        ]
+
+    # -- sessions -----------------------------------------------------------------------------
+
+    def session(self, request: Request) -> Session | None:
+        """The request's session if it is still valid (see hub/session.py)."""
+        s = self.sessions.read(request.cookies.get(COOKIE))
+        if s is None:
+            return None
+        if s.key_id is not None:
+            tenant = self.auth.key_tenant(s.key_id)
+            if tenant != s.name:
+                return None  # revoked
+            if s.is_admin and not self._tenant_is_admin(tenant):
+                return None
+            return s
+        hashed = self.cfg.admins.get(s.name)
+        if s.role != "admin" or hashed is None or password_version(hashed) != s.version:
+            return None
+        return s
+
+    def _tenant_is_admin(self, tenant: str) -> bool:
+        return self.settings.tenants.get(tenant, self.settings.tenant_defaults).admin
+
+    def _render(
+        self, request: Request, template: str, s: Session | None, status: int = 200, **ctx: Any
+    ) -> Response:
+        ctx.update(request=request, s=s, path=request.scope["path"])
+        response = self.templates.TemplateResponse(request, template, ctx, status_code=status)
+        response.headers.update(_HEADERS)
+        return response
+
+    def _guard(self, request: Request, admin: bool = False) -> Session | Response:
+        """The session, or the response that stands in for the page: to the login, or 403."""
+        s = self.session(request)
+        if s is None:
+            target = request.scope["path"]
+            if request.url.query:
+                target += "?" + request.url.query
+            response = RedirectResponse("/hub/login?" + urlencode({"next": target}), 303)
+            response.delete_cookie(COOKIE, path="/hub")
+            return response
+        if admin and not s.is_admin:
+            return self._render(request, "error.html", s, 403, message="This page is for admins only.")
+        return s
+
+    async def _form(self, request: Request, s: Session) -> FormData | Response:
+        """The posted form, if its CSRF token is this session's."""
+        form = await request.form(max_files=0, max_fields=50)
+        if not s.csrf_ok(form.get("csrf")):
+            return self._render(
+                request, "error.html", s, 403, message="The form expired: reload the page and try again."
+            )
+        return form
+
+    # -- login --------------------------------------------------------------------------------
+
+    async def login(self, request: Request) -> Response:
+        nxt = request.query_params.get("next", "/hub")
+        if not nxt.startswith("/hub") or nxt.startswith("//"):
+            nxt = "/hub"  # only our own pages: no open redirect
+        if request.method == "GET":
+            return self._login_page(request, nxt, None, 200)
+        form = await request.form(max_files=0, max_fields=10)
+        if not self.sessions.login_token_ok(request.cookies.get(LOGIN_COOKIE), form.get("csrf")):
+            return self._login_page(request, nxt, "The form expired: try again.", 403)
+        client = request.client.host if request.client else "unknown"
+        if not await self._failures.test(self._attempts, client):
+            return self._login_page(request, nxt, "Too many failed logins: wait a minute.", 429)
+        session = await self._check_login(form)
+        if session is None:
+            await self._failures.hit(self._attempts, client)
+            return self._login_page(request, nxt, "Wrong name, password or key.", 401)
+        _, cookie = session
+        response = RedirectResponse(nxt, 303)
+        response.set_cookie(
+            COOKIE,
+            cookie,
+            max_age=int(self.sessions.max_age),
+            path="/hub",
+            httponly=True,
+            samesite="strict",
+            secure=self.cfg.secure_cookies,
+        )
+        response.delete_cookie(LOGIN_COOKIE, path="/hub/login")
+        return response
+
+    async def _check_login(self, form: FormData) -> tuple[Session, str] | None:
+        key = form.get("key")
+        if isinstance(key, str) and key.strip():
+            try:
+                who = self.auth.authenticate("Bearer " + key.strip(), None, {})
+            except Unauthorized:
+                return None
+            return self.sessions.issue("admin" if who.is_admin else "tenant", who.tenant, who.key_id)
+        name, password = form.get("name"), form.get("password")
+        if not isinstance(name, str) or not isinstance(password, str):
+            return None
+        hashed = self.cfg.admins.get(name)
+        # Argon2 takes tens of milliseconds on purpose: off the event loop.
+        if not await asyncio.to_thread(check_password, hashed, password) or hashed is None:
+            return None
+        return self.sessions.issue("admin", name, None, password_version(hashed))
+
+    def _login_page(self, request: Request, nxt: str, error: str | None, status: int) -> Response:
+        token, cookie = self.sessions.login_token()
+        response = self._render(
+            request,
+            "login.html",
+            None,
+            status,
+            token=token,
+            next=nxt,
+            error=error,
+            passwords=bool(self.cfg.admins),
+        )
+        response.set_cookie(
+            LOGIN_COOKIE,
+            cookie,
+            max_age=LOGIN_TOKEN_SECONDS,
+            path="/hub/login",
+            httponly=True,
+            samesite="strict",
+            secure=self.cfg.secure_cookies,
+        )
+        return response
+
+    async def logout(self, request: Request) -> Response:
+        s = self.session(request)
+        if s is not None:
+            form = await self._form(request, s)
+            if isinstance(form, Response):
+                return form
+        response = RedirectResponse("/hub/login", 303)
+        response.delete_cookie(COOKIE, path="/hub")
+        return response
+
+    # -- overview -----------------------------------------------------------------------------
+
+    async def _overview_ctx(self, s: Session) -> dict[str, Any]:
+        now = time.time()
+        if s.is_admin:
+            return {
+                "o": await overview_figures(self.store, self.records, self.pool, self.scheduler, None, now)
+            }
+        rep = await usage_report(self.settings, self.store, self.records, _midnight(now), "model", s.name)
+        filters, _, _ = trace_query({"tenant": s.name}, now)
+        rows, _ = await asyncio.to_thread(self.store.list_traces, filters, 10, None)
+        return {"rep": rep, "recent": rows}
+
+    async def overview(self, request: Request) -> Response:
+        s = self._guard(request)
+        if isinstance(s, Response):
+            return s
+        return self._render(request, "overview.html", s, **await self._overview_ctx(s))
+
+    async def live(self, request: Request) -> Response:
+        """The overview's live part, as an HTML fragment the page's script swaps in."""
+        s = self.session(request)
+        if s is None:
+            return Response("login required", 401, headers=_HEADERS)
+        return self._render(request, "_live.html", s, **await self._overview_ctx(s))
+
+    # -- usage --------------------------------------------------------------------------------
+
+    async def usage(self, request: Request) -> Response:
+        s = self._guard(request)
+        if isinstance(s, Response):
+            return s
+        raw = request.query_params.get("since", "30d")
+        if raw not in SINCE_CHOICES:
+            raw = "30d"
+        since = parse_since(raw, time.time())
+        scope = None if s.is_admin else s.name
+        by_tenant = await usage_report(self.settings, self.store, self.records, since, "tenant", scope)
+        by_model = await usage_report(self.settings, self.store, self.records, since, "model", scope)
+        charts = []
+        for rep, what in ((by_tenant, "tenant"), (by_model, "model")):
+            groups = rep["groups"]
+            assert isinstance(groups, list)
+            labels = [str(g["group"]) for g in groups]
+            charts.append(
+                stacked_bars(
+                    f"Tokens per {what}",
+                    labels,
+                    {
+                        "prompt": [g["prompt_tokens"] for g in groups],
+                        "completion": [g["completion_tokens"] for g in groups],
+                    },
+                    horizontal=True,
+                )
+            )
+        total = by_tenant["total"]
+        assert isinstance(total, dict)
+        charts.append(
+            bars(
+                "Homelab versus cloud",
+                ["cost"],
+                {
+                    "paid to cloud backends": [total["cloud_cost"]],
+                    "local calls, had they run in the cloud": [total["local_equivalent_cost"]],
+                    "local energy": [total["energy_cost"]],
+                },
+            )
+        )
+        return self._render(
+            request,
+            "usage.html",
+            s,
+            since=raw,
+            by_tenant=by_tenant,
+            by_model=by_model,
+            charts=charts,
+        )
+
+    # -- traces -------------------------------------------------------------------------------
+
+    async def traces(self, request: Request) -> Response:
+        s = self._guard(request)
+        if isinstance(s, Response):
+            return s
+        params = {k: v for k, v in request.query_params.items() if v != ""}
+        if not s.is_admin:
+            params["tenant"] = s.name  # a tenant's filter is always its own
+        try:
+            filters, limit, before = trace_query(params, time.time())
+        except HearthError as exc:
+            return self._render(
+                request, "traces.html", s, 400, rows=[], error=exc.message, q=params, next=None
+            )
+        await self.records.flush()
+        rows, cursor = await asyncio.to_thread(self.store.list_traces, filters, limit, before)
+        nxt = None
+        if cursor is not None:
+            nxt = "/hub/traces?" + urlencode(
+                {**{k: v for k, v in params.items() if k != "before"}, "before": cursor}
+            )
+        return self._render(request, "traces.html", s, rows=rows, error=None, q=params, next=nxt)
+
+    async def _trace_row(self, s: Session, raw: str) -> dict[str, Any] | None:
+        """The trace with id ``raw`` if this session may see it."""
+        if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) < 2**63):
+            return None
+        await self.records.flush()
+        row = await asyncio.to_thread(self.store.get_trace, int(raw))
+        if row is None or not (s.is_admin or _within(row["tenant"], s.name)):
+            return None
+        return row
+
+    def _models(self) -> list[str]:
+        """Names a replay may ask for: the aliases and every model a backend serves."""
+        names = set(self.settings.aliases)
+        for state in self.pool.states:
+            names.update(m.name for m in state.models.values())
+        return sorted(names)
+
+    async def trace(self, request: Request) -> Response:
+        s = self._guard(request)
+        if isinstance(s, Response):
+            return s
+        row = await self._trace_row(s, request.path_params["trace_id"])
+        if row is None:
+            return self._render(request, "error.html", s, 404, message="No such trace.")
+        return self._render(request, "trace.html", s, t=row, models=self._models(), replayed=None)
+
+    async def replay(self, request: Request) -> Response:
+        """The trace's stored request run again on the model the form names, as its tenant."""
+        s = self._guard(request)
+        if isinstance(s, Response):
+            return s
+        form = await self._form(request, s)
+        if isinstance(form, Response):
+            return form
+        row = await self._trace_row(s, request.path_params["trace_id"])
+        if row is None:
+            return self._render(request, "error.html", s, 404, message="No such trace.")
+        model = str(form.get("model", "")).strip()
+        status, replayed, error = 200, None, None
+        try:
+            if not model:
+                raise BadRequest("Name a model to replay the call on.", "model")
+            done = await replay(
+                self.gateway,
+                self.store,
+                self.policy_of,
+                row["id"],
+                model,
+                scope=None if s.is_admin else s.name,
+            )
+            replayed = done.as_json()
+        except HearthError as exc:
+            status, error = exc.status, exc.message
+        return self._render(
+            request,
+            "trace.html",
+            s,
+            status,
+            t=row,
+            models=self._models(),
+            replayed=replayed,
+            replay_error=error,
+            replay_model=model,
+        )
+
+    # -- tenants and keys ---------------------------------------------------------------------
+
+    async def _tenants_ctx(self) -> dict[str, Any]:
+        stored = {t["name"] for t in await asyncio.to_thread(self.store.list_tenants)}
+        keys = await asyncio.to_thread(self.store.list_keys)
+        names = sorted(stored | set(self.settings.tenants))
+        tenants = []
+        for name in names:
+            policy = self.settings.tenants.get(name, self.settings.tenant_defaults)
+            tenants.append(
+                {
+                    "name": name,
+                    "policy": policy,
+                    "keys": [k for k in keys if k["tenant"] == name],
+                }
+            )
+        return {"tenants": tenants}
+
+    async def tenants(self, request: Request) -> Response:
+        s = self._guard(request, admin=True)
+        if isinstance(s, Response):
+            return s
+        return self._render(request, "tenants.html", s, **await self._tenants_ctx())
+
+    async def create_key(self, request: Request) -> Response:
+        s = self._guard(request, admin=True)
+        if isinstance(s, Response):
+            return s
+        form = await self._form(request, s)
+        if isinstance(form, Response):
+            return form
+        tenant, label = str(form.get("tenant", "")).strip(), str(form.get("label", "")).strip()
+        if not tenant or len(tenant) > 128 or len(label) > 255:
+            ctx = await self._tenants_ctx()
+            return self._render(
+                request,
+                "tenants.html",
+                s,
+                400,
+                error="A tenant name of 1 to 128 characters is needed.",
+                **ctx,
+            )
+        key_id, key = await asyncio.to_thread(self.auth.create_key, tenant, label or None)
+        ctx = await self._tenants_ctx()
+        return self._render(
+            request, "tenants.html", s, 201, created={"id": key_id, "tenant": tenant, "key": key}, **ctx
+        )
+
+    async def revoke_key(self, request: Request) -> Response:
+        s = self._guard(request, admin=True)
+        if isinstance(s, Response):
+            return s
+        form = await self._form(request, s)
+        if isinstance(form, Response):
+            return form
+        key_id = request.path_params["key_id"]
+        if not await asyncio.to_thread(self.store.revoke_key, key_id):
+            ctx = await self._tenants_ctx()
+            return self._render(request, "tenants.html", s, 404, error=f"No active key {key_id}.", **ctx)
+        return RedirectResponse(f"/hub/tenants?revoked={key_id}", 303)
+
+    # -- alerts -------------------------------------------------------------------------------
+
+    async def alert_page(self, request: Request) -> Response:
+        s = self._guard(request, admin=True)
+        if isinstance(s, Response):
+            return s
+        return self._render(request, "alerts.html", s, a=await self.alerts.snapshot(200))
+
+
+def _midnight(now: float) -> float:
+    day = dt.datetime.fromtimestamp(now, dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return day.timestamp()
