@@ -64,7 +64,8 @@ def create_app(settings: Settings) -> Starlette:
     retention = Retention(settings, store, registry)
 
     def policy_of(tenant: str) -> TenantSettings:
-        return settings.tenants.get(tenant, settings.tenant_defaults)
+        # The config file's, with the limits edited at run time (auth is built below).
+        return auth.tenants.policy(tenant)
 
     alerts = Alerts(settings, store, flush=records.flush)
     if settings.alerts.enabled:

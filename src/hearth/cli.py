@@ -11,8 +11,9 @@ from pathlib import Path
 import click
 
 from hearth import __version__
-from hearth.errors import ConfigError
+from hearth.errors import ConfigError, HearthError, TenantNotFound
 from hearth.gateway.auth import Authenticator
+from hearth.gateway.tenants import TenantPolicies
 from hearth.settings import EXAMPLE_CONFIG, Settings, load_settings
 from hearth.store.db import Store
 from hearth.store.schema import USAGE_GROUPS
@@ -202,6 +203,61 @@ def tenants_create(config_path: Path | None, name: str) -> None:
     finally:
         store.close()
     click.echo(f"{'created' if created else 'already exists'}: {name}")
+
+
+@tenants.command("limits")
+@config_option
+@click.argument("name")
+@click.option("--rpm", help="Requests per minute ('none': no limit).")
+@click.option("--tpm", help="Tokens per minute ('none': no limit).")
+@click.option("--tokens-per-day", help="Tokens per UTC day ('none': no limit).")
+@click.option("--tokens-per-month", help="Tokens per UTC month ('none': no limit).")
+@click.option("--max-concurrent", help="Requests in flight at once ('none': no limit).")
+@click.option("--reset", is_flag=True, help="Drop every limit set here: back to the config file's.")
+def tenants_limits(config_path: Path | None, name: str, reset: bool, **given: str | None) -> None:
+    """Show a tenant's limits, or change them over the config file's: the running servers
+    follow at once (SQLite) or within a second (PostgreSQL)."""
+    changes: dict[str, object] = {}
+    for field, value in given.items():
+        if value is not None:
+            changes[field] = None if value.lower() == "none" else int(value) if value.isdigit() else value
+    settings = _load(config_path)
+    store = _store(settings)
+    try:
+        policies = TenantPolicies(settings, store)
+        policies.load()
+        if reset:
+            shown = policies.clear_limits(name)
+        elif changes:
+            shown = policies.set_limits(name, changes)
+        else:
+            if not policies.known(name):
+                raise TenantNotFound(name)
+            shown = policies.effective_limits(name)
+    except HearthError as exc:
+        raise click.ClickException(exc.message) from exc
+    finally:
+        store.close()
+    for field, value in shown["limits"].items():
+        source = "set here" if field in shown["overridden"] else "config"
+        click.echo(f"{field}: {'none' if value is None else value} ({source})")
+
+
+@main.group()
+def hub() -> None:
+    """The web hub at /hub."""
+
+
+@hub.command("password")
+@click.argument("name")
+@click.password_option("--password", prompt="Password for the hub", help="asked for when not given")
+def hub_password(name: str, password: str) -> None:
+    """Print an Argon2 hash of a password, as a line for hub.admins in the config file."""
+    from hearth.hub.session import hash_password
+
+    if len(password) < 8:
+        raise click.UsageError("use a password of at least 8 characters")
+    click.echo(f'hub:\n  admins:\n    {name}: "{hash_password(password)}"')
 
 
 def _when(ts: float | None) -> str:

@@ -6,6 +6,7 @@
     +-- Unauthorized            401  missing or bad key (issue 3)
     +-- Forbidden               403  a key that may not do this (issue 3)
     +-- ModelNotFound           404  no backend serves the model, or the backend said so
+    +-- TenantNotFound          404  an admin call names a tenant Hearth does not know
     +-- TraceNotFound           404  no such trace (or, to a tenant, another tenant's)
     +-- PayloadTooLarge         413  body over the configured limit
     +-- RateLimited             429  a limit was hit; carries retry_after seconds
@@ -63,6 +64,15 @@ class ModelNotFound(HearthError):
     def __init__(self, model: str) -> None:
         super().__init__(f"model '{model}' not found")
         self.model = model
+
+
+class TenantNotFound(HearthError):
+    status = 404
+    openai_type = "not_found_error"
+
+    def __init__(self, tenant: str) -> None:
+        super().__init__(f"tenant '{tenant}' not found")
+        self.tenant = tenant
 
 
 class PayloadTooLarge(HearthError):

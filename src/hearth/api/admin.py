@@ -1,4 +1,5 @@
-"""The admin JSON API: backends, recent requests, tenants and keys, alerts. Guarded by
+"""The admin JSON API: backends, recent requests, tenants (with limits editable at run time) and
+keys, usage over time, alerts. Guarded by
 ``server.admin_key`` (a Bearer token) or the key of a tenant marked ``admin``."""
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from starlette.routing import Route
 
 from hearth.api.auth import require_admin
 from hearth.api.common import error_response, json_body, json_response
-from hearth.api.usage import usage_params, usage_report
+from hearth.api.usage import series_params, usage_params, usage_report, usage_series_report
 from hearth.backends.pool import Pool
-from hearth.errors import BadRequest, HearthError
+from hearth.errors import BadRequest, HearthError, TenantNotFound
 from hearth.gateway.auth import Authenticator
 from hearth.gateway.records import RequestLog
 from hearth.gateway.scheduler import Scheduler
@@ -48,7 +49,9 @@ class AdminAPI:
             Route("/admin/queue", self.queue, methods=["GET"]),
             Route("/admin/requests", self.requests, methods=["GET"]),
             Route("/admin/usage", self.usage, methods=["GET"]),
+            Route("/admin/usage/series", self.usage_series, methods=["GET"]),
             Route("/admin/tenants", self.tenants, methods=["GET"]),
+            Route("/admin/tenants/{name}/limits", self.tenant_limits, methods=["GET", "PUT", "DELETE"]),
             Route("/admin/keys", self.keys, methods=["GET", "POST"]),
             Route("/admin/keys/{key_id}", self.revoke, methods=["DELETE"]),
             Route("/admin/alerts", self.alert_status, methods=["GET"]),
@@ -68,7 +71,8 @@ class AdminAPI:
         return json_response(self.scheduler.snapshot())
 
     async def tenants(self, request: Request) -> Response:
-        """Tenants from the config file and the store, with their policies."""
+        """Tenants from the config file and the store, with their policies and limits: ``limits``
+        in force, the ``config`` file's, and which are ``overridden`` at run time."""
         try:
             self._authorize(request)
         except HearthError as exc:
@@ -78,6 +82,8 @@ class AdminAPI:
         out = []
         for name in names:
             policy = self.settings.tenants.get(name)
+            limits = self.auth.tenants.effective_limits(name)
+            del limits["tenant"]
             out.append(
                 {
                     "name": name,
@@ -85,9 +91,30 @@ class AdminAPI:
                     "models": policy.models if policy else [],
                     "local_only": bool(policy and policy.local_only),
                     "admin": bool(policy and policy.admin),
+                    **limits,
                 }
             )
         return json_response({"tenants": out})
+
+    async def tenant_limits(self, request: Request) -> Response:
+        """GET: a tenant's limits (``effective_limits``). PUT {"rpm": 60, "tpm": null, ...}: set
+        those (a non-negative integer, or null for no limit), over the config file's. DELETE:
+        back to the config file's. Every process follows at once (SQLite) or within about a
+        second (PostgreSQL), as with keys."""
+        name = request.path_params["name"]
+        tenants = self.auth.tenants
+        try:
+            self._authorize(request)
+            if request.method == "GET":
+                if not await asyncio.to_thread(tenants.known, name):
+                    raise TenantNotFound(name)
+                return json_response(tenants.effective_limits(name))
+            if request.method == "DELETE":
+                return json_response(await asyncio.to_thread(tenants.clear_limits, name))
+            _, body = await json_body(request, 64 * 1024)
+            return json_response(await asyncio.to_thread(tenants.set_limits, name, body))
+        except HearthError as exc:
+            return error_response(exc, "openai")
 
     async def keys(self, request: Request) -> Response:
         """GET: every key, never the secret. POST {"tenant", "label"?}: a new key, shown once."""
@@ -157,6 +184,20 @@ class AdminAPI:
             return error_response(exc, "openai")
         tenant = request.query_params.get("tenant") or None
         return json_response(await usage_report(self.settings, self.store, self.records, since, by, tenant))
+
+    async def usage_series(self, request: Request) -> Response:
+        """Usage and cost over time (``?since=7d&bucket=1h&by=tenant``, ``&until=``,
+        ``&tenant=`` for one and its sub-tenants): api/usage.py, usage_series_report."""
+        try:
+            self._authorize(request)
+            since, until, bucket, by = series_params(request, "tenant")
+        except HearthError as exc:
+            return error_response(exc, "openai")
+        tenant = request.query_params.get("tenant") or None
+        rep = await usage_series_report(
+            self.settings, self.store, self.records, since, until, bucket, by, tenant
+        )
+        return json_response(rep)
 
     async def healthz(self, request: Request) -> Response:
         """Liveness for orchestrators: 200 while at least one backend is up, else 503."""

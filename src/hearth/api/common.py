@@ -12,7 +12,7 @@ import msgspec
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from hearth.errors import BadRequest, ClientCancelled, HearthError, PayloadTooLarge
+from hearth.errors import BadRequest, ClientCancelled, HearthError, PayloadTooLarge, TenantNotFound
 
 log = logging.getLogger("hearth.api")
 T = TypeVar("T")
@@ -78,6 +78,8 @@ def error_body(exc: HearthError, dialect: Dialect) -> dict[str, Any]:
 
 
 def _openai_code(exc: HearthError) -> str | None:
+    if isinstance(exc, TenantNotFound):
+        return "tenant_not_found"
     if exc.status == 404:
         return "model_not_found"
     if exc.status == 429:

@@ -24,6 +24,11 @@ Keys created or revoked by another process (the CLI, another Hearth):
   is added to its table at once as well (unless a reread already under way lands just after,
   which the notification's reread then corrects); revocations always travel by notification.
 
+Tenant limits edited at run time (gateway/tenants.py, the ``tenant_limits`` table) travel the
+same way: each reread of the key table rereads them too, and PostgreSQL's trigger on that table
+notifies the same channel. On SQLite a trusted network's request asks ``data_version`` as well,
+so that its tenant's limits follow as promptly as a key's.
+
 Without a Hearth key (none, or some other token such as the dummy key the openai SDK insists
 on), a client on a network listed in ``auth.trusted_networks`` acts as that network's tenant;
 anyone else gets 401. Anonymous access has no other way in. A Hearth key (``hth_...``) is always
@@ -45,6 +50,7 @@ from dataclasses import dataclass
 from hearth import background
 from hearth.backends.pool import canonical_name
 from hearth.errors import Unauthorized
+from hearth.gateway.tenants import TenantPolicies
 from hearth.settings import Settings, TenantSettings
 from hearth.store.db import Store
 
@@ -102,6 +108,8 @@ class Authenticator:
         self._valid: dict[str, tuple[str, str]] = {}  # token -> (tenant, id), for the table in _keys
         self._principals: dict[tuple[str, str | None], Principal] = {}
         self._trusted_hosts: dict[str, str | None] = {}
+        # Policies: the config file's with the limits edited at run time, reread with the keys.
+        self.tenants = TenantPolicies(settings, store)
         self._version: int | None = None
         self._loaded = False
         # PostgreSQL, once start()ed: the table is kept fresh by _watch, never read on the loop.
@@ -129,7 +137,9 @@ class Authenticator:
 
     async def _reload(self) -> None:
         keys = await asyncio.to_thread(self.store.active_keys)
+        overrides = await asyncio.to_thread(self.store.tenant_limits)
         self._keys = {kid: (tenant, h) for kid, tenant, h in keys}
+        self.tenants.apply(overrides)
         self._valid = {}  # proven against the old table: prove again (revocations)
         self._loaded = True
 
@@ -158,6 +168,7 @@ class Authenticator:
         version = self.store.data_version()
         if not self._loaded or version is None or version != self._version:
             self._keys = {kid: (tenant, h) for kid, tenant, h in self.store.active_keys()}
+            self.tenants.load()
             self._valid = {}  # proven against the old table: prove again (revocations)
             self._version = version
             self._loaded = True
@@ -179,12 +190,13 @@ class Authenticator:
             # Clients that insist on sending some key (the openai SDK, Open WebUI) still work
             # from a trusted network; a Hearth key, though, is always checked.
             tenant = trusted
-        policy = self.settings.tenants.get(tenant, self.settings.tenant_defaults)
+            self._keys_now()  # SQLite: limits edited by another process apply at once here too
+        policy = self.tenants.policy(tenant)
         person = headers.get(policy.user_header.lower()) if policy.user_header else None
         name = f"{tenant}/{person.strip()[:100]}" if person else tenant
         cache_key = (name, key_id)
         found = self._principals.get(cache_key)
-        if found is None or found.tenant != tenant:
+        if found is None or found.tenant != tenant or found.policy is not policy:
             if len(self._principals) > 10_000:  # person names come from a header: stay bounded
                 self._principals.clear()
             found = self._principals[cache_key] = Principal(tenant, name, key_id, policy)

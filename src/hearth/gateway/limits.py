@@ -21,6 +21,12 @@ the GIL; the same API fronts Redis when several Hearth processes share limits.
 A per-minute token window cannot hand tokens back, so it is charged the estimate at admission
 and only the excess at the end.
 
+The previous minute's weighted share is rounded up, not down as the library does: rounding
+down let a 1-per-minute tenant through twice across a minute boundary (one call at 59.9 s
+weighs 0.998 a moment later, which floors to 0). ``ConservativeMemoryStorage`` and the Lua
+script swapped into the Redis storage (``RedisQuotas.rate_storage``) differ from the library's
+only there.
+
 In-flight counts, reservations and day/month totals live in a ``QuotaStore``:
 
 - ``MemoryQuotas`` (no ``redis.url``): plain counters in this process, the day and month totals
@@ -52,6 +58,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import secrets
 import time
 from collections import defaultdict
@@ -99,6 +106,59 @@ class _Calendar:
             self.month_end = datetime(t.year + t.month // 12, t.month % 12 + 1, 1, tzinfo=UTC).timestamp()
             self.day, self.month = t.strftime("%Y-%m-%d"), t.strftime("%Y-%m")
         return self.day, self.month, self.day_end - now, self.month_end - now
+
+
+class ConservativeMemoryStorage(MemoryStorage):
+    """The library's in-memory storage, but the previous window's weighted count rounds up."""
+
+    async def acquire_sliding_window_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
+        if amount > limit:
+            return False
+        now = time.time()
+        previous_key, current_key = self.sliding_window_keys(key, expiry, now)
+        previous, previous_ttl, current, _ = await self._get_sliding_window_info(
+            previous_key, current_key, expiry, now
+        )
+        weighted = math.ceil(previous * previous_ttl / expiry)
+        if weighted + current + amount > limit:
+            return False
+        if weighted + await self.incr(current_key, 2 * expiry, amount=amount) > limit:
+            await self.decr(current_key, amount)  # another hit got in between: it wins
+            return False
+        return True
+
+
+# The library's acquire_sliding_window.lua (limits 5.8.0) with the previous window's share
+# rounded up instead of down.
+_ACQUIRE_SLIDING_WINDOW = """
+local limit = tonumber(ARGV[1])
+local expiry = tonumber(ARGV[2]) * 1000
+local amount = tonumber(ARGV[3])
+if amount > limit then
+    return false
+end
+local current_ttl = tonumber(redis.call('pttl', KEYS[2]))
+if current_ttl > 0 and current_ttl < expiry then
+    redis.call('rename', KEYS[2], KEYS[1])
+    redis.call('set', KEYS[2], 0, 'PX', current_ttl + expiry)
+end
+local previous_count = tonumber(redis.call('get', KEYS[1])) or 0
+local previous_ttl = tonumber(redis.call('pttl', KEYS[1])) or 0
+local current_count = tonumber(redis.call('get', KEYS[2])) or 0
+if previous_ttl <= 0 then
+    previous_ttl = 0
+end
+local weighted_count = math.ceil(previous_count * previous_ttl / expiry) + current_count
+if (weighted_count + amount) > limit then
+    return false
+end
+if redis.call('exists', KEYS[2]) == 1 then
+    redis.call('incrby', KEYS[2], amount)
+else
+    redis.call('set', KEYS[2], amount, 'PX', expiry * 2)
+end
+return true
+"""
 
 
 def month_start(now: float) -> float:
@@ -282,7 +342,10 @@ class RedisQuotas:
         scheme, rest = self.url.split("://", 1)
         uri = f"async+{'redis+unix' if scheme == 'unix' else scheme}://{rest}"
         options: dict[str, Any] = {"connection_pool": self.pool}
-        return RedisStorage(uri, implementation="redispy", key_prefix=self.prefix + "rate", **options)
+        storage = RedisStorage(uri, implementation="redispy", key_prefix=self.prefix + "rate", **options)
+        bridge: Any = storage.bridge  # the redis-py bridge registers its scripts as attributes
+        bridge.lua_acquire_sliding_window = self.client.register_script(_ACQUIRE_SLIDING_WINDOW)
+        return storage
 
     def _keys(self, name: str, when: Period) -> list[str]:
         p = self.prefix
@@ -394,7 +457,7 @@ class Limits:
             shared = RedisQuotas(redis)
             self.quotas, storage, self._errors = shared, shared.rate_storage(), shared.errors
         else:
-            self.quotas, storage = MemoryQuotas(), MemoryStorage()
+            self.quotas, storage = MemoryQuotas(), ConservativeMemoryStorage()
         self._window = SlidingWindowCounterRateLimiter(storage)
         self._items: dict[tuple[str, int], RateLimitItem] = {}
         self._calendar = _Calendar()

@@ -32,6 +32,9 @@ PER_MILLION = 1_000_000
 JOULES_PER_KWH = 3_600_000
 _SPAN = re.compile(r"(\d+(?:\.\d+)?)\s*([hdw])")
 _SPAN_SECONDS = {"h": 3600, "d": 86400, "w": 7 * 86400}
+_BUCKET = re.compile(r"(\d+)\s*([hd])")
+# A series has at most this many buckets (a chart of 1000 points is already dense).
+MAX_BUCKETS = 1000
 _SUMS = ("requests", "errors", "prompt_tokens", "completion_tokens", "estimated", "busy_s")
 _COSTS = ("cloud_cost", "local_equivalent_cost", "energy_cost")
 
@@ -114,6 +117,110 @@ def report(groups: list[dict[str, Any]], settings: Settings, since: float, by: s
     """What ``hearth usage --json``, ``/api/usage`` and ``/admin/usage`` answer."""
     rows = price_groups(groups, settings)
     return {"since": since, "by": by, "groups": rows, "total": total(rows)}
+
+
+def parse_bucket(text: str) -> int:
+    """Seconds from ``1h``, ``6h``, ``1d``: whole hours, the store's finest grain (a day is a
+    UTC day). Raises ValueError."""
+    m = _BUCKET.fullmatch(text.strip())
+    if not m or int(m.group(1)) < 1:
+        raise ValueError(f"bucket: expected whole hours or days like 1h, 6h or 1d; got {text!r}")
+    return int(m.group(1)) * _SPAN_SECONDS[m.group(2)]
+
+
+def series_window(since: float, until: float, bucket: int) -> tuple[float, list[float]]:
+    """``since`` moved back to the start of its bucket (so that every bucket is whole but the
+    one still running), and the start of every bucket up to ``until`` (whose hour counts
+    whole). ValueError if the window is empty or has more than MAX_BUCKETS buckets."""
+    if until <= since:
+        raise ValueError("since: must be before until")
+    first = since // bucket
+    count = int(-(-until // bucket) - first)
+    if count > MAX_BUCKETS:
+        raise ValueError(
+            f"{count} buckets of {bucket} s between since and until; at most {MAX_BUCKETS}: "
+            "choose a wider bucket or a shorter span"
+        )
+    return first * bucket, [(first + i) * bucket for i in range(count)]
+
+
+# The columns of each point of a series, in the order series_report adds them up.
+_POINT = ("requests", "errors", "prompt_tokens", "completion_tokens", "estimated", *_COSTS)
+
+
+def _unit_costs(part: dict[str, Any], settings: Settings) -> list[float]:
+    """What one prompt token, one completion token and one busy second of this part's backend
+    and model cost, per cost column: [in, out, second] x _COSTS."""
+    zero = {**part, "prompt_tokens": 0, "completion_tokens": 0, "busy_s": 0.0}
+    units = [part_costs({**zero, k: 1}, settings) for k in ("prompt_tokens", "completion_tokens", "busy_s")]
+    return [u[c] for c in _COSTS for u in units]
+
+
+def _point(values: list[float], **head: Any) -> dict[str, Any]:
+    point = {**head, **dict(zip(_POINT, values, strict=True))}
+    point["tokens"] = point["prompt_tokens"] + point["completion_tokens"]
+    return point
+
+
+def series_report(
+    rows: Iterable[dict[str, Any]], settings: Settings, since: float, until: float, bucket: int, by: str
+) -> dict[str, Any]:
+    """``Store.usage_series`` rows priced and summed per (bucket, group): what
+    ``/admin/usage/series``, ``/api/usage/series`` and the hub's charts get (api/usage.py,
+    ``usage_series_report``, documents the shape)."""
+    since, starts = series_window(since, until, bucket)
+    cloud = {b.name for b in settings.backends if b.cloud}
+    sums: dict[tuple[float, Any], list[float]] = {}
+    unpriced: set[str] = set()
+    # Costs are linear in tokens and busy time: price each (backend, model) once, per unit.
+    # Lists, not dicts, in this loop: a week of hourly points per tenant is ~30k parts.
+    # Each with the model's name if it is a cloud model without a price.
+    units: dict[tuple[str | None, str | None], tuple[list[float], str | None]] = {}
+    for part in rows:
+        where = (part["backend"], part["served_model"])
+        found = units.get(where)
+        if found is None:
+            model = part["served_model"] or ""
+            missing = part["backend"] in cloud and model not in settings.pricing.prices
+            found = units[where] = (_unit_costs(part, settings), model if missing else None)
+        unit, no_price = found
+        key = (part["start"], part["group"])
+        acc = sums.get(key)
+        if acc is None:
+            acc = sums[key] = [0, 0, 0, 0, 0, 0.0, 0.0, 0.0]
+        tokens_in, tokens_out, busy = part["prompt_tokens"], part["completion_tokens"], part["busy_s"]
+        acc[0] += part["requests"]
+        acc[1] += part["errors"]
+        acc[2] += tokens_in
+        acc[3] += tokens_out
+        acc[4] += part["estimated"]
+        for i in range(3):
+            acc[5 + i] += tokens_in * unit[3 * i] + tokens_out * unit[3 * i + 1] + busy * unit[3 * i + 2]
+        if no_price is not None and (tokens_in or tokens_out):
+            unpriced.add(no_price)
+    totals: dict[Any, list[float]] = {}
+    for (_, group), acc in sums.items():
+        t = totals.setdefault(group, [0, 0, 0, 0, 0, 0.0, 0.0, 0.0])
+        for i, v in enumerate(acc):
+            t[i] += v
+    groups = sorted(totals, key=lambda g: (-totals[g][0], str(g)))
+    order = {g: i for i, g in enumerate(groups)}
+    everything = [sum(t[i] for t in totals.values()) for i in range(len(_POINT))]
+    return {
+        "since": since,
+        "until": until,
+        "bucket": bucket,
+        "by": by,
+        "buckets": starts,
+        "groups": groups,
+        "series": [
+            _point(sums[key], start=key[0], group=key[1])
+            for key in sorted(sums, key=lambda k: (k[0], order[k[1]]))
+        ],
+        "totals": [_point(totals[g], group=g) for g in groups],
+        "total": _point(everything),
+        "unpriced": sorted(unpriced),
+    }
 
 
 def _money(x: float) -> str:

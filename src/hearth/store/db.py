@@ -25,10 +25,11 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
@@ -40,8 +41,10 @@ from hearth.store.schema import (
     alert_events,
     api_keys,
     requests,
+    tenant_limits,
     tenants,
     trace_contents,
+    usage_hourly,
 )
 from hearth.store.traces import TraceFilter, clamp_limit, list_query, overview_queries, window_share
 
@@ -68,6 +71,47 @@ _INSERT_CONTENT = (
     f"VALUES ({', '.join('?' * len(CONTENT_COLUMNS))}) RETURNING id"
 )
 assert REQUEST_COLUMNS[-1] == "content_id"  # insert_requests sets it last in each row
+
+_HOURLY_KEYS = ("hour", "tenant", "model", "backend", "served_model")
+_HOURLY_SUMS = ("requests", "errors", "prompt_tokens", "completion_tokens", "estimated", "busy_ms")
+_UPSERT_HOURLY = (
+    f"INSERT INTO usage_hourly ({', '.join(_HOURLY_KEYS + _HOURLY_SUMS)}) "
+    f"VALUES ({', '.join('?' * (len(_HOURLY_KEYS) + len(_HOURLY_SUMS)))}) "
+    f"ON CONFLICT ({', '.join(_HOURLY_KEYS)}) DO UPDATE SET "
+    + ", ".join(f"{c} = usage_hourly.{c} + excluded.{c}" for c in _HOURLY_SUMS)
+)
+
+
+def hourly_sums(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """A batch of request-log rows as usage_hourly rows (_HOURLY_KEYS + _HOURLY_SUMS), sorted:
+    processes adding overlapping batches then lock the rows in one order and never deadlock."""
+    at = REQUEST_COLUMNS.index
+    ts, tenant, model, backend = at("ts"), at("tenant"), at("model"), at("backend")
+    served, status, error, estimated = at("served_model"), at("status"), at("error"), at("tokens_estimated")
+    prompt, completion = at("prompt_tokens"), at("completion_tokens")
+    duration, wait = at("duration_ms"), at("queue_wait_ms")
+    sums: dict[tuple[Any, ...], list[Any]] = {}
+    for r in rows:
+        key = (int(r[ts] // 3600) * 3600, r[tenant] or "", r[model], r[backend] or "", r[served] or "")
+        s = sums.get(key)
+        if s is None:
+            s = sums[key] = [0, 0, 0, 0, 0, 0.0]
+        s[0] += 1
+        if r[status] >= 400 or r[error] is not None:
+            s[1] += 1
+        s[2] += r[prompt] or 0
+        s[3] += r[completion] or 0
+        if r[estimated]:
+            s[4] += 1
+        s[5] += r[duration] - (r[wait] or 0.0)
+    return [(*k, *v) for k, v in sorted(sums.items())]
+
+
+def _tenant_and_subtenants(
+    tenant: str, column: sa.ColumnElement[str] = requests.c.tenant
+) -> sa.ColumnElement[bool]:
+    """Calls of ``tenant`` and of its sub-tenants ("t" and "t/..."), never of "t_x" or "tx"."""
+    return sa.or_(column == tenant, column.startswith(f"{tenant}/", autoescape=True))
 
 
 class Store:
@@ -121,6 +165,8 @@ class Store:
                     for (i, _), content_id in zip(contents, ids, strict=True):
                         rows[i] = (*rows[i][:-1], content_id)
                 conn.execute(requests.insert(), [dict(zip(REQUEST_COLUMNS, r, strict=True)) for r in rows])
+                if sums := hourly_sums(rows):  # an empty list would run the statement once, bare
+                    conn.exec_driver_sql(_UPSERT_HOURLY.replace("?", "%s"), sums)
             return
         if self._writer is None:
             self._writer = self.engine.raw_connection()
@@ -135,6 +181,7 @@ class Store:
                     cur.execute(_INSERT_CONTENT, content)
                     rows[i] = (*rows[i][:-1], cur.fetchone()[0])
             cur.executemany(_INSERT_REQUEST, rows)
+            cur.executemany(_UPSERT_HOURLY, hourly_sums(rows))
             self._writer.commit()
         except BaseException:
             self._writer.rollback()  # no content row without the call that points at it
@@ -220,6 +267,42 @@ class Store:
         )
         with self.engine.connect() as conn:
             return [(r.id, r.tenant, r.key_hash) for r in conn.execute(query)]
+
+    def tenant_limits(self) -> dict[str, dict[str, Any]]:
+        """Every tenant's limits set at run time: tenant -> {"limits": {field: value or None},
+        "updated_at": epoch seconds} (gateway/tenants.py)."""
+        with self.engine.connect() as conn:
+            return {
+                r.tenant: {"limits": msgspec.json.decode(r.limits), "updated_at": r.updated_at}
+                for r in conn.execute(sa.select(tenant_limits))
+            }
+
+    def set_tenant_limits(self, tenant: str, changes: Mapping[str, int | None]) -> dict[str, int | None]:
+        """Merge ``changes`` into ``tenant``'s overrides (validated by the caller); returns them."""
+        t = tenant_limits.c
+        for attempt in range(2):
+            try:
+                with self.engine.begin() as conn:
+                    query = sa.select(t.limits).where(t.tenant == tenant)
+                    old = conn.execute(query.with_for_update() if self.is_postgres else query).first()
+                    merged = {**(msgspec.json.decode(old.limits) if old else {}), **changes}
+                    values = {"limits": msgspec.json.encode(merged).decode(), "updated_at": time.time()}
+                    if old is None:
+                        conn.execute(tenant_limits.insert().values(tenant=tenant, **values))
+                    else:
+                        conn.execute(tenant_limits.update().where(t.tenant == tenant).values(**values))
+                    return merged
+            except sa.exc.IntegrityError:
+                # Another process inserted the row between the read and the insert: once more,
+                # merging into theirs.
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def clear_tenant_limits(self, tenant: str) -> bool:
+        """Drop ``tenant``'s overrides; True if it had any."""
+        with self.engine.begin() as conn:
+            return conn.execute(tenant_limits.delete().where(tenant_limits.c.tenant == tenant)).rowcount == 1
 
     def data_version(self) -> int | None:
         """Changes whenever another connection (another process too) commits to the database:
@@ -338,8 +421,7 @@ class Store:
             .group_by(r[by], r.backend, r.served_model)
         )
         if tenant is not None:
-            mine = sa.or_(r.tenant == tenant, r.tenant.startswith(f"{tenant}/", autoescape=True))
-            query = query.where(mine)
+            query = query.where(_tenant_and_subtenants(tenant))
         groups: dict[str | None, dict[str, Any]] = {}
         with self.engine.connect() as conn:
             for row in conn.execute(query):
@@ -367,6 +449,88 @@ class Store:
             g["busy_s"] = sum(p["busy_s"] for p in parts)
             out.append(g)
         out.sort(key=lambda g: (-g["requests"], str(g["group"])))
+        return out
+
+    def usage_series(
+        self,
+        since: float,
+        until: float,
+        bucket: int,
+        by: str,
+        tenant: str | None = None,
+        *,
+        cloud: Collection[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Model calls that started in the hours from the one holding ``since`` to the one
+        holding ``until`` (whole UTC hours: usage_hourly's), summed per time bucket of ``bucket``
+        seconds (a multiple of 3600, aligned on multiples of it since the epoch, so days start at
+        00:00 UTC), per group (the column named by ``by``, as in usage_summary) and per
+        (backend, served_model), which is what pricing needs. One row each: ``start`` (the
+        bucket's, epoch seconds), ``group``, ``backend``, ``served_model``, ``requests``,
+        ``errors``, ``prompt_tokens``, ``completion_tokens``, ``estimated`` and ``busy_s``;
+        ordered by start. ``tenant`` keeps that tenant's calls and its sub-tenants'.
+
+        ``cloud``: the cloud backends. When given, only their calls keep backend and served
+        model apart; every other backend's calls are summed as one part, backend ``"*"`` and
+        served_model None, since pricing treats all local calls alike (a few parts per group
+        and bucket instead of one per backend and model: a week hourly per tenant shrinks from
+        ~27k rows to ~8k)."""
+        if by not in USAGE_GROUPS:
+            raise ValueError(f"cannot group usage by {by!r}")
+        if bucket < 3600 or bucket % 3600:
+            raise ValueError("bucket: expected a whole number of hours")
+        h = usage_hourly.c
+        # Inlined, not bound: PostgreSQL must see the same expression in SELECT and GROUP BY.
+        # Integer division on both databases (hours are positive).
+        width: sa.ColumnElement[int] = sa.literal_column(str(int(bucket)), sa.BigInteger)
+        start = h.hour // width * width
+        backend: sa.ColumnElement[str] = h.backend
+        served: sa.ColumnElement[str] = h.served_model
+        if cloud is not None:
+            priced_apart = h.backend.in_(sorted(cloud)) if cloud else sa.false()
+            backend = sa.case((priced_apart, h.backend), (h.backend == "", ""), else_="*")
+            served = sa.case((priced_apart, h.served_model), else_="")
+        # Grouped by the labels: the same bound parameters twice are not the same expression to
+        # PostgreSQL. Named unlike any column, which PostgreSQL's GROUP BY would take first.
+        backend_part, served_part = backend.label("part_backend"), served.label("part_model")
+        query = (
+            sa.select(
+                start.label("start"),
+                h[by].label("group"),
+                backend_part,
+                served_part,
+                sa.func.sum(h.requests).label("requests"),
+                sa.func.sum(h.errors).label("errors"),
+                sa.func.sum(h.prompt_tokens).label("prompt_tokens"),
+                sa.func.sum(h.completion_tokens).label("completion_tokens"),
+                sa.func.sum(h.estimated).label("estimated"),
+                sa.func.sum(h.busy_ms).label("busy_ms"),
+            )
+            .where(h.hour >= int(since // 3600) * 3600, h.hour < until)
+            .group_by(start, h[by], backend_part, served_part)
+        )
+        if tenant is not None:
+            query = query.where(_tenant_and_subtenants(tenant, h.tenant))
+        with self.engine.connect() as conn:
+            # Plain tuples (unpacked, not Row attributes): a week hourly per tenant is ~30k rows.
+            out: list[dict[str, Any]] = [
+                {
+                    "start": float(start_),
+                    "group": group or None,  # '' in usage_hourly
+                    "backend": backend or None,
+                    "served_model": served or None,
+                    "requests": int(n),
+                    "errors": int(errors),
+                    "prompt_tokens": int(prompt),
+                    "completion_tokens": int(completion),
+                    "estimated": int(estimated),
+                    "busy_s": float(busy_ms) / 1000,
+                }
+                for start_, group, backend, served, n, errors, prompt, completion, estimated, busy_ms in (
+                    conn.execute(query)
+                )
+            ]
+        out.sort(key=lambda x: x["start"])
         return out
 
     # -- traces ------------------------------------------------------------------------------

@@ -61,6 +61,26 @@ tenant_limits = sa.Table(
     sa.Column("updated_at", sa.Float, nullable=False),
 )
 
+# The request log summed per UTC hour and (tenant, model, backend, served_model), kept by
+# Store.insert_requests in the same transaction as the calls: usage over time reads this, not
+# every call. '' stands for a missing tenant, backend or served model.
+usage_hourly = sa.Table(
+    "usage_hourly",
+    metadata,
+    sa.Column("hour", sa.BigInteger, primary_key=True),  # start, epoch seconds
+    sa.Column("tenant", sa.String(128), primary_key=True),
+    sa.Column("model", sa.String(255), primary_key=True),
+    sa.Column("backend", sa.String(128), primary_key=True),
+    sa.Column("served_model", sa.String(255), primary_key=True),
+    sa.Column("requests", sa.BigInteger, nullable=False),
+    sa.Column("errors", sa.BigInteger, nullable=False),
+    sa.Column("prompt_tokens", sa.BigInteger, nullable=False),
+    sa.Column("completion_tokens", sa.BigInteger, nullable=False),
+    sa.Column("estimated", sa.BigInteger, nullable=False),  # calls whose counts are estimates
+    sa.Column("busy_ms", sa.Float, nullable=False),  # duration less queue wait
+    sqlite_with_rowid=False,
+)
+
 tenants = sa.Table(
     "tenants",
     metadata,
