@@ -202,7 +202,7 @@ def test_usage_page_draws_charts_that_fit_a_phone(browser: Browser) -> None:
                 log_in_with_password(page, hearth.url)
                 page.goto(hearth.url + "/hub/usage?since=24h")
                 charts = page.locator("figure.chart svg")
-                expect(charts).to_have_count(3)
+                expect(charts).to_have_count(5)  # over time: tokens, cost; per tenant, per model; cloud
                 expect(page.locator("figure.chart").first).to_contain_text("family")
                 width = page.evaluate("document.documentElement.scrollWidth")
                 assert width <= 390, "the page scrolls sideways on a phone"
@@ -245,3 +245,32 @@ def test_an_admin_reads_a_stored_prompt_and_replays_it_but_never_on_the_cloud_fo
             page.click("#replay")
             expect(page.locator("#replay-error")).to_be_visible()
             assert cloud.requests_to("/v1/chat/completions") == []
+
+
+def test_an_admin_edits_a_tenants_limits_and_the_next_request_obeys(page: Page) -> None:
+    with FakeOllama(models=["llama3.1:8b"], loaded=["llama3.1:8b"]) as fake:
+        with LiveHearth(hub_settings(fake.url)) as hearth:
+            family = new_key(hearth, "family")
+            log_in_with_password(page, hearth.url)
+            page.goto(hearth.url + "/hub/tenants")
+            section = page.locator("#tenant-family")
+            section.locator("input[name=rpm]").fill("1")
+            section.locator("input[name=tokens_per_day]").fill("abc")
+            section.locator(".save-limits").click()
+            expect(page.locator("p.error")).to_contain_text("tokens_per_day")
+            assert hearth.app.state.auth.tenants.effective_limits("family")["overridden"] == []
+
+            section.locator("input[name=rpm]").fill("1")
+            section.locator(".save-limits").click()
+            expect(page.locator("p.notice")).to_contain_text("Limits of family saved")
+            expect(section.locator(".badge")).to_have_text("set here")
+            shot(page, "09-limits")
+            assert chat(hearth.url, family, "first") == "echo: first"
+            with pytest.raises(ollama.ResponseError) as refused:
+                chat(hearth.url, family, "second in the same minute")
+            assert refused.value.status_code == 429
+
+            section.locator(".reset-limits").click()
+            expect(page.locator("p.notice")).to_contain_text("Limits of family saved")
+            expect(section.locator("input[name=rpm]")).to_have_value("")
+            assert chat(hearth.url, family, "third") == "echo: third"

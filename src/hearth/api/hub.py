@@ -27,11 +27,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from limits import RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import MovingWindowRateLimiter
+from markupsafe import Markup
 from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -40,7 +41,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from hearth.api.traces import _within, overview_figures, trace_query
-from hearth.api.usage import usage_report
+from hearth.api.usage import usage_report, usage_series_report
 from hearth.backends.pool import Pool
 from hearth.errors import BadRequest, HearthError, Unauthorized
 from hearth.gateway.auth import Authenticator
@@ -48,7 +49,8 @@ from hearth.gateway.dispatch import Gateway
 from hearth.gateway.records import RequestLog
 from hearth.gateway.replay import replay
 from hearth.gateway.scheduler import Scheduler
-from hearth.gateway.usage import parse_since
+from hearth.gateway.tenants import LIMIT_FIELDS
+from hearth.gateway.usage import parse_bucket, parse_since
 from hearth.hub.charts import bars, stacked_bars
 from hearth.hub.session import (
     COOKIE,
@@ -77,6 +79,10 @@ _HEADERS = {
     "Cache-Control": "no-store",
 }
 SINCE_CHOICES = ("1h", "24h", "7d", "30d", "90d")
+# The usage page's periods and the bucket each is drawn in (whole hours: the summary's grain).
+USAGE_BUCKETS = {"24h": "1h", "7d": "6h", "30d": "1d", "90d": "1d"}
+CHART_GROUPS = 7  # tenants drawn on their own in a chart over time; the rest add up as "others"
+OTHERS = "others"
 
 
 def _when(ts: float | None) -> str:
@@ -133,7 +139,9 @@ class HubAPI:
         self.templates = Jinja2Templates(directory=HUB / "templates")
         env = self.templates.env
         env.filters.update(when=_when, gb=_gb, num=_num, money=_money, pretty=_pretty)
-        env.globals.update(live_every=LIVE_EVERY_MS, since_choices=SINCE_CHOICES)
+        env.globals.update(
+            live_every=LIVE_EVERY_MS, since_choices=SINCE_CHOICES, usage_spans=list(USAGE_BUCKETS)
+        )
         self._failures = MovingWindowRateLimiter(MemoryStorage())
         self._attempts = RateLimitItemPerMinute(self.cfg.login_attempts_per_minute)
 
@@ -151,6 +159,7 @@ class HubAPI:
             Route("/hub/traces/{trace_id}", self.trace, methods=["GET"]),
             Route("/hub/traces/{trace_id}/replay", self.replay, methods=["POST"]),
             Route("/hub/tenants", self.tenants, methods=["GET"]),
+            Route("/hub/tenants/{name}/limits", self.edit_limits, methods=["POST"]),
             Route("/hub/keys", self.create_key, methods=["POST"]),
             Route("/hub/keys/{key_id}/revoke", self.revoke_key, methods=["POST"]),
             Route("/hub/alerts", self.alert_page, methods=["GET"]),
@@ -320,34 +329,37 @@ class HubAPI:
     # -- usage --------------------------------------------------------------------------------
 
     async def usage(self, request: Request) -> Response:
+        """Usage and cost over time and per tenant and model, from the hourly summary
+        (``usage_series_report``: the same figures as ``/admin/usage/series``)."""
         s = self._guard(request)
         if isinstance(s, Response):
             return s
-        raw = request.query_params.get("since", "30d")
-        if raw not in SINCE_CHOICES:
-            raw = "30d"
-        since = parse_since(raw, time.time())
+        span = request.query_params.get("since", "30d")
+        if span not in USAGE_BUCKETS:
+            span = "30d"
+        bucket = parse_bucket(USAGE_BUCKETS[span])
+        now = time.time()
+        since = parse_since(span, now)
         scope = None if s.is_admin else s.name
-        by_tenant = await usage_report(self.settings, self.store, self.records, since, "tenant", scope)
-        by_model = await usage_report(self.settings, self.store, self.records, since, "model", scope)
-        charts = []
+        by_tenant, by_model = [
+            await usage_series_report(self.settings, self.store, self.records, since, now, bucket, by, scope)
+            for by in ("tenant", "model")
+        ]
+        charts = [_tokens_over_time(by_tenant), _cost_over_time(by_tenant)]
         for rep, what in ((by_tenant, "tenant"), (by_model, "model")):
-            groups = rep["groups"]
-            assert isinstance(groups, list)
-            labels = [str(g["group"]) for g in groups]
+            totals = rep["totals"]
             charts.append(
                 stacked_bars(
                     f"Tokens per {what}",
-                    labels,
+                    [str(g["group"]) for g in totals],
                     {
-                        "prompt": [g["prompt_tokens"] for g in groups],
-                        "completion": [g["completion_tokens"] for g in groups],
+                        "prompt": [g["prompt_tokens"] for g in totals],
+                        "completion": [g["completion_tokens"] for g in totals],
                     },
                     horizontal=True,
                 )
             )
         total = by_tenant["total"]
-        assert isinstance(total, dict)
         charts.append(
             bars(
                 "Homelab versus cloud",
@@ -359,14 +371,17 @@ class HubAPI:
                 },
             )
         )
+        twin = "/admin/usage/series" if s.is_admin else "/api/usage/series"
+        twin += "?" + urlencode({"since": span, "bucket": USAGE_BUCKETS[span], "by": "tenant"})
         return self._render(
             request,
             "usage.html",
             s,
-            since=raw,
+            since=span,
             by_tenant=by_tenant,
             by_model=by_model,
             charts=charts,
+            twin=twin,
         )
 
     # -- traces -------------------------------------------------------------------------------
@@ -466,15 +481,15 @@ class HubAPI:
         names = sorted(stored | set(self.settings.tenants))
         tenants = []
         for name in names:
-            policy = self.settings.tenants.get(name, self.settings.tenant_defaults)
             tenants.append(
                 {
                     "name": name,
-                    "policy": policy,
+                    "policy": self.auth.tenants.policy(name),
+                    "limits": self.auth.tenants.effective_limits(name),
                     "keys": [k for k in keys if k["tenant"] == name],
                 }
             )
-        return {"tenants": tenants}
+        return {"tenants": tenants, "limit_fields": LIMIT_FIELDS}
 
     async def tenants(self, request: Request) -> Response:
         s = self._guard(request, admin=True)
@@ -506,6 +521,35 @@ class HubAPI:
             request, "tenants.html", s, 201, created={"id": key_id, "tenant": tenant, "key": key}, **ctx
         )
 
+    async def edit_limits(self, request: Request) -> Response:
+        """A tenant's limits from the form (empty: no limit), over the config file's; or, with
+        ``reset``, the config file's again (gateway/tenants.py: ``/admin/tenants/{name}/limits``)."""
+        s = self._guard(request, admin=True)
+        if isinstance(s, Response):
+            return s
+        form = await self._form(request, s)
+        if isinstance(form, Response):
+            return form
+        name = request.path_params["name"]
+        try:
+            if form.get("reset"):
+                await asyncio.to_thread(self.auth.tenants.clear_limits, name)
+            else:
+                now = self.auth.tenants.effective_limits(name)
+                changes: dict[str, Any] = {}
+                for field in LIMIT_FIELDS:
+                    raw = str(form.get(field, "")).strip()
+                    if raw and not (raw.isascii() and raw.isdigit()):
+                        raise BadRequest(f"{field}: a whole number, or empty for no limit", field)
+                    value = int(raw) if raw else None
+                    if value != now["limits"][field]:
+                        changes[field] = value
+                await asyncio.to_thread(self.auth.tenants.set_limits, name, changes)
+        except HearthError as exc:
+            ctx = await self._tenants_ctx()
+            return self._render(request, "tenants.html", s, exc.status, error=f"{name}: {exc.message}", **ctx)
+        return RedirectResponse(f"/hub/tenants?saved={quote(name)}#tenant-{quote(name)}", 303)
+
     async def revoke_key(self, request: Request) -> Response:
         s = self._guard(request, admin=True)
         if isinstance(s, Response):
@@ -531,3 +575,41 @@ class HubAPI:
 def _midnight(now: float) -> float:
     day = dt.datetime.fromtimestamp(now, dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     return day.timestamp()
+
+
+def _bucket_labels(rep: dict[str, Any]) -> list[str]:
+    fmt = "%m-%d %H:%M" if rep["bucket"] < 86400 else "%Y-%m-%d"
+    return [dt.datetime.fromtimestamp(b, dt.UTC).strftime(fmt) for b in rep["buckets"]]
+
+
+def _per_bucket(rep: dict[str, Any], field: str, groups: list[str]) -> dict[str, list[float]]:
+    """``field`` of each group in each bucket; groups beyond the busiest few add up as "others"."""
+    index = {b: i for i, b in enumerate(rep["buckets"])}
+    out = {g: [0.0] * len(index) for g in groups}
+    for row in rep["series"]:
+        name = str(row["group"]) if str(row["group"]) in out else OTHERS
+        out.setdefault(name, [0.0] * len(index))[index[row["start"]]] += row[field]
+    return out
+
+
+def _tokens_over_time(rep: dict[str, Any]) -> Markup:
+    groups = [str(g) for g in rep["groups"][:CHART_GROUPS]]
+    return stacked_bars(
+        "Tokens over time, per tenant", _bucket_labels(rep), _per_bucket(rep, "tokens", groups)
+    )
+
+
+def _cost_over_time(rep: dict[str, Any]) -> Markup:
+    labels = _bucket_labels(rep)
+    cloud = _per_bucket(rep, "cloud_cost", [])
+    local = _per_bucket(rep, "local_equivalent_cost", [])
+    energy = _per_bucket(rep, "energy_cost", [])
+    return bars(
+        "Cost over time",
+        labels,
+        {
+            "paid to cloud backends": cloud.get(OTHERS, [0.0] * len(labels)),
+            "local calls at cloud prices": local.get(OTHERS, [0.0] * len(labels)),
+            "local energy": energy.get(OTHERS, [0.0] * len(labels)),
+        },
+    )

@@ -240,7 +240,8 @@ class TracesAPI:
             since = None if raw is None else parse_time(raw, "since", now)
         except HearthError as exc:
             return error_response(exc, "openai")
-        return json_response(await overview_figures(self.store, self.records, self.pool, self.scheduler, since, now))
+        figures = await overview_figures(self.store, self.records, self.pool, self.scheduler, since, now)
+        return json_response(figures)
 
 
 async def overview_figures(

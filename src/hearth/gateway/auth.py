@@ -244,6 +244,7 @@ class Authenticator:
             # reload, reading after this commit, keeps it).
             self._keys = {**self._keys, key_id: (tenant, hash_key(key))}
         return key_id, key
+
     def key_tenant(self, key_id: str) -> str | None:
         """The tenant of an active key, None once it is revoked (the hub's sessions ask)."""
         entry = self._keys_now().get(key_id)

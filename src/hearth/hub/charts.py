@@ -53,6 +53,9 @@ def _options(title: str, labels: list[str]) -> dict[str, Any]:
         "width": 720,
         "height": 380,
         "x_label_rotation": 30 if len(labels) > 6 else 0,
+        # Many buckets: label every few only, so a phone's width can still read them.
+        "x_labels_major_every": max(1, len(labels) // 6),
+        "show_minor_x_labels": len(labels) <= 8,
         "truncate_label": 24,
         "truncate_legend": 40,
         "no_data_text": "no calls in this period",
