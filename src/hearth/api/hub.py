@@ -209,6 +209,16 @@ class HubAPI:
             return self._render(request, "error.html", s, 403, message="This page is for admins only.")
         return s
 
+    async def _posted(self, request: Request, admin: bool = False) -> tuple[Session, FormData] | Response:
+        """The session and the form it posted, or the response that stands in for the page."""
+        s = self._guard(request, admin)
+        if isinstance(s, Response):
+            return s
+        form = await self._form(request, s)
+        if isinstance(form, Response):
+            return form
+        return s, form
+
     async def _form(self, request: Request, s: Session) -> FormData | Response:
         """The posted form, if its CSRF token is this session's."""
         form = await request.form(max_files=0, max_fields=50)
@@ -436,12 +446,10 @@ class HubAPI:
 
     async def replay(self, request: Request) -> Response:
         """The trace's stored request run again on the model the form names, as its tenant."""
-        s = self._guard(request)
-        if isinstance(s, Response):
-            return s
-        form = await self._form(request, s)
-        if isinstance(form, Response):
-            return form
+        posted = await self._posted(request)
+        if isinstance(posted, Response):
+            return posted
+        s, form = posted
         row = await self._trace_row(s, request.path_params["trace_id"])
         if row is None:
             return self._render(request, "error.html", s, 404, message="No such trace.")
@@ -491,45 +499,35 @@ class HubAPI:
             )
         return {"tenants": tenants, "limit_fields": LIMIT_FIELDS}
 
+    async def _tenants_page(self, request: Request, s: Session, status: int = 200, **extra: Any) -> Response:
+        return self._render(request, "tenants.html", s, status, **extra, **await self._tenants_ctx())
+
     async def tenants(self, request: Request) -> Response:
         s = self._guard(request, admin=True)
         if isinstance(s, Response):
             return s
-        return self._render(request, "tenants.html", s, **await self._tenants_ctx())
+        return await self._tenants_page(request, s)
 
     async def create_key(self, request: Request) -> Response:
-        s = self._guard(request, admin=True)
-        if isinstance(s, Response):
-            return s
-        form = await self._form(request, s)
-        if isinstance(form, Response):
-            return form
+        posted = await self._posted(request, admin=True)
+        if isinstance(posted, Response):
+            return posted
+        s, form = posted
         tenant, label = str(form.get("tenant", "")).strip(), str(form.get("label", "")).strip()
         if not tenant or len(tenant) > 128 or len(label) > 255:
-            ctx = await self._tenants_ctx()
-            return self._render(
-                request,
-                "tenants.html",
-                s,
-                400,
-                error="A tenant name of 1 to 128 characters is needed.",
-                **ctx,
+            return await self._tenants_page(
+                request, s, 400, error="A tenant name of 1 to 128 characters is needed."
             )
         key_id, key = await asyncio.to_thread(self.auth.create_key, tenant, label or None)
-        ctx = await self._tenants_ctx()
-        return self._render(
-            request, "tenants.html", s, 201, created={"id": key_id, "tenant": tenant, "key": key}, **ctx
-        )
+        return await self._tenants_page(request, s, 201, created={"id": key_id, "tenant": tenant, "key": key})
 
     async def edit_limits(self, request: Request) -> Response:
         """A tenant's limits from the form (empty: no limit), over the config file's; or, with
         ``reset``, the config file's again (gateway/tenants.py: ``/admin/tenants/{name}/limits``)."""
-        s = self._guard(request, admin=True)
-        if isinstance(s, Response):
-            return s
-        form = await self._form(request, s)
-        if isinstance(form, Response):
-            return form
+        posted = await self._posted(request, admin=True)
+        if isinstance(posted, Response):
+            return posted
+        s, form = posted
         name = request.path_params["name"]
         try:
             if form.get("reset"):
@@ -546,21 +544,17 @@ class HubAPI:
                         changes[field] = value
                 await asyncio.to_thread(self.auth.tenants.set_limits, name, changes)
         except HearthError as exc:
-            ctx = await self._tenants_ctx()
-            return self._render(request, "tenants.html", s, exc.status, error=f"{name}: {exc.message}", **ctx)
+            return await self._tenants_page(request, s, exc.status, error=f"{name}: {exc.message}")
         return RedirectResponse(f"/hub/tenants?saved={quote(name)}#tenant-{quote(name)}", 303)
 
     async def revoke_key(self, request: Request) -> Response:
-        s = self._guard(request, admin=True)
-        if isinstance(s, Response):
-            return s
-        form = await self._form(request, s)
-        if isinstance(form, Response):
-            return form
+        posted = await self._posted(request, admin=True)
+        if isinstance(posted, Response):
+            return posted
+        s, _ = posted  # the form holds only its CSRF token
         key_id = request.path_params["key_id"]
         if not await asyncio.to_thread(self.store.revoke_key, key_id):
-            ctx = await self._tenants_ctx()
-            return self._render(request, "tenants.html", s, 404, error=f"No active key {key_id}.", **ctx)
+            return await self._tenants_page(request, s, 404, error=f"No active key {key_id}.")
         return RedirectResponse(f"/hub/tenants?revoked={key_id}", 303)
 
     # -- alerts -------------------------------------------------------------------------------
