@@ -58,7 +58,7 @@ DAYS = 30
 INSERT_ROWS = 10_000
 INSERT_BATCH = 500
 # The request log's columns at revision 0005, before the trace indexes (and content_id).
-COLUMNS_0005 = tuple(c for c in REQUEST_COLUMNS if c != "content_id")
+COLUMNS_0005 = tuple(c for c in REQUEST_COLUMNS if c not in ("load_ms", "content_id"))
 
 # Who calls, how often (weights): services, and Open WebUI's people as sub-tenants.
 TENANTS = [
@@ -162,6 +162,7 @@ def calls(n: int, end: float, days: float = DAYS, seed: int = 1) -> Iterator[tup
             f"k{sum(map(ord, tenant)) % 997:04d}",
             rnd.random() * 50 if rnd.random() < 0.2 else 0.0,
             backend == "openai" and rnd.random() < 0.1,
+            None,  # load_ms
             None,  # content_id: no stored prompts
         )
 

@@ -58,6 +58,7 @@ def make_rows(t0: float, n: int = 60) -> list[dict[str, Any]]:
                 "key_id": None,
                 "queue_wait_ms": 0.0,
                 "tokens_estimated": False,
+                "load_ms": None,
                 "content_id": None,
             }
         )

@@ -81,3 +81,25 @@ def test_a_client_that_leaves_is_recorded_as_499(live: Any) -> None:
             return [r["status"] for r in httpx.get(hearth.url + "/admin/requests").json()["requests"]]
 
         assert eventually(statuses) == [499]
+
+
+def test_each_call_keeps_the_load_time_the_backend_reported(oc: Any) -> None:
+    """Ollama's load_duration, relayed or translated: long when the model had to load, short
+    after; an OpenAI backend reports none."""
+    with FakeOllama(models=["llama3.1:8b"]) as o, FakeOpenAI(models=["gpt-x"]) as c:
+        settings = make_settings(
+            [
+                {"name": "o", "kind": "ollama", "url": o.url},
+                {"name": "c", "kind": "openai", "url": c.url + "/v1"},
+            ]
+        )
+        with LiveHearth(settings) as hearth:
+            client = oc(hearth.url)
+            msg = [{"role": "user", "content": "hi"}]
+            client.chat(model="llama3.1:8b", messages=msg)  # loads the model
+            list(client.chat(model="llama3.1:8b", messages=msg, stream=True))  # already loaded
+            with openai.OpenAI(base_url=hearth.url + "/v1", api_key="unused") as oa:
+                oa.chat.completions.create(model="llama3.1:8b", messages=[{"role": "user", "content": "hi"}])
+                oa.chat.completions.create(model="gpt-x", messages=[{"role": "user", "content": "hi"}])
+        got = [(r["endpoint"], r["backend"], r["load_ms"]) for r in rows(settings.data_path / "hearth.db")]
+    assert got == [("chat", "o", 250.0), ("chat", "o", 1.0), ("chat", "o", 1.0), ("chat", "c", None)]

@@ -489,6 +489,7 @@ def row(
         "key_id": None,
         "queue_wait_ms": 0.0,
         "tokens_estimated": False,
+        "load_ms": None,
         "content_id": None,
         **more,
     }

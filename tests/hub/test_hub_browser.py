@@ -118,6 +118,7 @@ def test_an_admin_logs_in_watches_a_backend_go_down_opens_a_trace_and_manages_ke
             expect(page.locator("h1")).to_contain_text("Trace ")
             expect(page.locator("dl.facts")).to_contain_text("llama3.1:8b")
             expect(page.locator("#status")).to_have_text("200")
+            expect(page.locator("#load")).to_have_text("1.0 ms")  # the model was loaded already
             shot(page, "05-trace")
 
             page.click("nav >> text=Tenants & keys")

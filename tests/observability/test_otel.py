@@ -151,6 +151,7 @@ def test_each_call_becomes_one_genai_span_with_content_only_for_opted_in_tenants
         "hearth.attempts": 1,
         "hearth.queue_wait_ms": row["queue_wait_ms"],
         "hearth.ttft_ms": row["ttft_ms"],
+        "hearth.load_ms": row["load_ms"],
     }
     assert json.loads(a["gen_ai.input.messages"]) == [
         {"role": "user", "parts": [{"type": "text", "content": SECRET}]}

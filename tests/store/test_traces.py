@@ -71,6 +71,7 @@ def make_rows(n: int = ROWS, seed: int = 7) -> list[dict[str, Any]]:
                 "key_id": None,
                 "queue_wait_ms": 0.0,
                 "tokens_estimated": False,
+                "load_ms": None,
                 "content_id": None,
             }
         )
@@ -379,9 +380,10 @@ def test_migration_0006_indexes_an_existing_log_and_keeps_its_rows(
     rows = make_rows(60, seed=3)
     old = Store(url)
     try:
-        # The columns of revision 0005 only: later ones (content_id) do not exist yet.
+        # The columns of revision 0005 only: later ones do not exist yet.
+        later = {"content_id", "load_ms"}
         with old.engine.begin() as conn:
-            conn.execute(requests.insert(), [{k: v for k, v in r.items() if k != "content_id"} for r in rows])
+            conn.execute(requests.insert(), [{k: v for k, v in r.items() if k not in later} for r in rows])
         assert _trace_indexes(old) == set()
     finally:
         old.close()

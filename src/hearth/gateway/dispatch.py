@@ -32,7 +32,6 @@ from hearth.gateway.records import (
     RequestLog,
     Trace,
     estimate_tokens,
-    peek_load_seconds,
     peek_usage,
     records_estimate,
     reply_chars,
@@ -139,17 +138,26 @@ class Passthrough:
             self._lease.settle(None)
             self._trace.finish(499, "client disconnected")
             raise
-        if self._dialect == "ollama" and self._lease.ticket.loads:
-            self._lease.load_seconds = peek_load_seconds(body)
+        prompt, completion, load = peek_usage(self._dialect, body)
+        tokens = (prompt, completion)
+        self._loaded(load)
         if self._trace.content is not None:  # the tenant stores content
             self._trace.reply_text = reply_text(body)
         self._lease.first_byte(self._trace)  # before the release: the load ended first
         self._lease.settle(True)
-        tokens = peek_usage(self._dialect, body)
         if tokens == (None, None):  # no counts: the request log gets an estimate
             self._trace.reply_estimate = estimate_tokens(reply_chars(body))
         self._trace.finish(200, tokens=tokens)
         return body
+
+    def _loaded(self, load: float | None) -> None:
+        """The load time the backend reported: for the trace, and for the scheduler to learn
+        from when this call made it load the model."""
+        if load is None:
+            return
+        self._trace.load_ms = load * 1000
+        if self._lease.ticket.loads:
+            self._lease.load_seconds = load
 
     async def stream(self) -> AsyncIterator[bytes]:
         """Forward upstream bytes up to the last complete record, so an error line we may have
@@ -196,11 +204,13 @@ class Passthrough:
             self.raw.close()
             if kept is not None and not trace.done:
                 trace.reply_text = stream_text(self._dialect, b"".join(kept))
-            if ok and self._dialect == "ollama" and lease.ticket.loads:
-                lease.load_seconds = peek_load_seconds(last)
+            tokens: tuple[int | None, int | None] = (None, None)
+            if ok:
+                prompt, completion, load = peek_usage(self._dialect, last)
+                tokens = (prompt, completion)
+                self._loaded(load)
             self._lease.settle(True if ok else None)
             if ok:
-                tokens = peek_usage(self._dialect, last)
                 if tokens == (None, None):
                     trace.reply_estimate = records_estimate(self._dialect, trace.endpoint, records)
                 trace.finish(200, tokens=tokens)
@@ -229,8 +239,10 @@ class Translated:
                 self._lease.first_byte(trace)
                 if c.usage is not None:
                     usage = c.usage
-                    if usage.load_duration:
-                        self._lease.load_seconds = usage.load_duration / 1e9
+                    if usage.load_duration is not None:
+                        trace.load_ms = usage.load_duration / 1e6
+                        if usage.load_duration:
+                            self._lease.load_seconds = usage.load_duration / 1e9
                 chars += len(c.content) + len(c.thinking)
                 if kept is not None:
                     kept.append(c.content)

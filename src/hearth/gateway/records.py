@@ -132,22 +132,14 @@ def records_estimate(dialect: str, endpoint: str, records: int) -> int:
     return max(0, records - _FRAMING_RECORDS.get((dialect, endpoint), 1))
 
 
-def peek_load_seconds(record: bytes) -> float | None:
-    """Ollama's load_duration from a final NDJSON record or whole reply, in seconds."""
-    try:
-        c = _ollama_dec.decode(record.rstrip().rsplit(b"\n", 1)[-1])
-    except msgspec.DecodeError:
-        return None
-    return None if c.load_duration is None else c.load_duration / 1e9
-
-
-def peek_usage(dialect: str, record: bytes) -> tuple[int | None, int | None]:
-    """Token counts from the last NDJSON line / SSE event / whole body a backend sent."""
+def peek_usage(dialect: str, record: bytes) -> tuple[int | None, int | None, float | None]:
+    """(prompt tokens, completion tokens, load seconds) from the last NDJSON line / SSE event /
+    whole body a backend sent; the load time is Ollama's ``load_duration`` (None elsewhere)."""
     try:
         if dialect == "ollama":
-            line = record.rstrip().rsplit(b"\n", 1)[-1]
-            c = _ollama_dec.decode(line)
-            return c.prompt_eval_count, c.eval_count
+            c = _ollama_dec.decode(record.rstrip().rsplit(b"\n", 1)[-1])
+            load = None if c.load_duration is None else c.load_duration / 1e9
+            return c.prompt_eval_count, c.eval_count, load
         for line in reversed(record.rstrip().split(b"\n")):
             line = line.strip()
             if line.startswith(b"data:"):
@@ -156,10 +148,10 @@ def peek_usage(dialect: str, record: bytes) -> tuple[int | None, int | None]:
                     continue
             if line.startswith(b"{"):
                 u = _openai_dec.decode(line).usage
-                return (u.prompt_tokens, u.completion_tokens) if u else (None, None)
+                return (u.prompt_tokens, u.completion_tokens, None) if u else (None, None, None)
     except msgspec.DecodeError:
         pass
-    return None, None
+    return None, None, None
 
 
 class Trace:
@@ -178,6 +170,7 @@ class Trace:
         "endpoint",
         "estimate",
         "key_id",
+        "load_ms",
         "model",
         "queue_position",
         "queue_wait_ms",
@@ -222,6 +215,7 @@ class Trace:
         self.estimate = 0  # tokens reserved at admission; the scheduler's cost of the request
         self.queue_position = 0  # its place in the queue when it arrived (1: next); 0: no queue
         self.queue_wait_ms = 0.0  # waiting for a scheduler slot, all attempts together
+        self.load_ms: float | None = None  # the model's load before this call, as the backend said
         # Tenants with store_content only: the request body as the client sent it, and the
         # reply's text once known (None for every other call: nothing is kept or parsed).
         self.content: bytes | None = None
@@ -296,6 +290,7 @@ class Trace:
                 self.key_id,
                 self.queue_wait_ms,
                 estimated,
+                self.load_ms,
                 None,  # content_id: set by the store when ``content`` is written
             ),
             content,

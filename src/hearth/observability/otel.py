@@ -132,6 +132,8 @@ class OtelExporter:
             attrs["hearth.key_id"] = trace.key_id
         if trace.ttft_ms is not None:
             attrs["hearth.ttft_ms"] = trace.ttft_ms
+        if trace.load_ms is not None:
+            attrs["hearth.load_ms"] = trace.load_ms
         if tokens[0] is not None:
             attrs["gen_ai.usage.input_tokens"] = tokens[0]
         if tokens[1] is not None:

@@ -35,7 +35,10 @@ requests = sa.Table(
     # The backend reported no token counts, so prompt_tokens/completion_tokens are Hearth's
     # estimate (gateway/records.py says how).
     sa.Column("tokens_estimated", sa.Boolean, nullable=False, server_default=sa.false()),
+    # Loading the model before the call, as the backend reported it (Ollama's load_duration).
+    sa.Column("load_ms", sa.Float),
     # The stored request and reply (trace_contents), only for tenants with store_content on.
+    # Last: Store.insert_requests sets it in place.
     sa.Column("content_id", sa.Integer),
 )
 
