@@ -185,6 +185,12 @@ def test_a_tenant_logged_in_with_its_key_sees_only_its_own_calls(page: Page) -> 
             assert response is not None and response.status == 403
             response = page.goto(hearth.url + f"/hub/traces/{ids['family']}")
             assert response is not None and response.status == 200
+            page.goto(hearth.url + "/hub/usage?since=24h")
+            expect(page.locator("main table").first).to_contain_text("family")
+            expect(page.locator("main")).not_to_contain_text("health")
+            page.goto(hearth.url + "/hub")
+            expect(page.locator("table.traces tbody tr")).to_have_count(1)
+            expect(page.locator("main")).not_to_contain_text("health")
 
             # Revoking the key ends the session at once.
             hearth.app.state.auth.store.revoke_key(family.split("_")[1])
