@@ -226,3 +226,10 @@ def test_a_stored_prompt_is_shown_as_text_never_as_markup() -> None:
                 "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &lt;img src=x onerror=alert(1)&gt;"
                 in page
             )
+
+
+def test_a_hub_turned_off_serves_no_page() -> None:
+    with LiveHearth(settings(enabled=False)) as h, httpx.Client(base_url=h.url) as c:
+        for path in ("/hub", "/hub/login", "/hub/static/hub.js"):
+            assert c.get(path).status_code == 404
+        assert c.get("/admin/overview").status_code == 200  # the JSON API stays
