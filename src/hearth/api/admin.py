@@ -77,10 +77,8 @@ class AdminAPI:
             self._authorize(request)
         except HearthError as exc:
             return error_response(exc, "openai")
-        stored = {t["name"] for t in await asyncio.to_thread(self.store.list_tenants)}
-        names = sorted(stored | set(self.settings.tenants))
         out = []
-        for name in names:
+        for name in await asyncio.to_thread(self.auth.tenants.names):
             policy = self.settings.tenants.get(name)
             limits = self.auth.tenants.effective_limits(name)
             del limits["tenant"]

@@ -40,7 +40,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from hearth.api.traces import _within, overview_figures, trace_query
+from hearth.api.traces import overview_figures, trace_query
 from hearth.api.usage import usage_report, usage_series_report
 from hearth.backends.pool import Pool
 from hearth.errors import BadRequest, HearthError, Unauthorized
@@ -49,7 +49,7 @@ from hearth.gateway.dispatch import Gateway
 from hearth.gateway.records import RequestLog
 from hearth.gateway.replay import replay
 from hearth.gateway.scheduler import Scheduler
-from hearth.gateway.tenants import LIMIT_FIELDS
+from hearth.gateway.tenants import LIMIT_FIELDS, within
 from hearth.gateway.usage import parse_bucket, parse_since
 from hearth.hub.charts import bars, stacked_bars
 from hearth.hub.session import (
@@ -424,7 +424,7 @@ class HubAPI:
             return None
         await self.records.flush()
         row = await asyncio.to_thread(self.store.get_trace, int(raw))
-        if row is None or not (s.is_admin or _within(row["tenant"], s.name)):
+        if row is None or not (s.is_admin or within(row["tenant"], s.name)):
             return None
         return row
 
@@ -484,9 +484,8 @@ class HubAPI:
     # -- tenants and keys ---------------------------------------------------------------------
 
     async def _tenants_ctx(self) -> dict[str, Any]:
-        stored = {t["name"] for t in await asyncio.to_thread(self.store.list_tenants)}
+        names = await asyncio.to_thread(self.auth.tenants.names)
         keys = await asyncio.to_thread(self.store.list_keys)
-        names = sorted(stored | set(self.settings.tenants))
         tenants = []
         for name in names:
             tenants.append(

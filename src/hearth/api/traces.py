@@ -39,6 +39,7 @@ from hearth.backends.pool import Pool
 from hearth.errors import BadRequest, HearthError
 from hearth.gateway.records import RequestLog
 from hearth.gateway.scheduler import Scheduler
+from hearth.gateway.tenants import within
 from hearth.gateway.usage import parse_since
 from hearth.settings import Settings
 from hearth.store.db import Store
@@ -137,11 +138,6 @@ def trace_query(params: Mapping[str, str], now: float) -> tuple[TraceFilter, int
     return filters, min(limit or DEFAULT_LIMIT, MAX_LIMIT), before
 
 
-def _within(tenant: str | None, scope: str) -> bool:
-    """The rule of /api/usage: a tenant sees itself and its sub-tenants ("scope/...")."""
-    return tenant is not None and (tenant == scope or tenant.startswith(scope + "/"))
-
-
 def _not_found(dialect: Dialect) -> Response:
     if dialect == "ollama":
         return json_response({"error": "no such trace"}, 404)
@@ -189,7 +185,7 @@ class TracesAPI:
         if scope is not None:
             if filters.tenant is None:
                 filters = replace(filters, tenant=scope)
-            elif not _within(filters.tenant, scope):
+            elif not within(filters.tenant, scope):
                 return json_response({"traces": [], "next": None})  # nothing of theirs is elsewhere
         await self.records.flush()  # calls still waiting in the log's batch are listed too
         rows, cursor = await asyncio.to_thread(self.store.list_traces, filters, limit, before)
@@ -202,7 +198,7 @@ class TracesAPI:
             return error_response(exc, dialect)
         await self.records.flush()
         row = await asyncio.to_thread(self.store.get_trace, trace_id)
-        if row is None or (scope is not None and not _within(row["tenant"], scope)):
+        if row is None or (scope is not None and not within(row["tenant"], scope)):
             return _not_found(dialect)
         return json_response(row)
 

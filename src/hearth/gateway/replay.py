@@ -22,6 +22,7 @@ from hearth.errors import BadRequest, ModelNotFound, NoStoredContent, TraceNotFo
 from hearth.gateway.auth import Principal
 from hearth.gateway.content import reply_text
 from hearth.gateway.dispatch import Call, ChunkStream, Embedding, Gateway, Outcome, Passthrough
+from hearth.gateway.tenants import within
 from hearth.protocol import ollama, openai
 from hearth.protocol.canonical import Endpoint, merge_chunks
 from hearth.settings import TenantSettings
@@ -96,7 +97,7 @@ async def replay(
     await gateway.records.flush()  # the call may still wait in the log's batch
     row = await asyncio.to_thread(store.get_trace, trace_id)
     name = row.get("tenant") if row is not None else None
-    if row is None or (scope is not None and not (name == scope or str(name).startswith(scope + "/"))):
+    if row is None or (scope is not None and not within(name, scope)):
         raise TraceNotFound(trace_id)
     name = name or "anonymous"
     tenant = name.split("/", 1)[0]

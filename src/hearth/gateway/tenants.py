@@ -43,6 +43,12 @@ def validate_limits(changes: Any) -> dict[str, int | None]:
     return out
 
 
+def within(name: str | None, scope: str) -> bool:
+    """Whether a caller named ``name`` in the request log is ``scope`` or one of its sub-tenants
+    ("scope/..."): what a tenant may see of usage and traces."""
+    return name is not None and (name == scope or name.startswith(scope + "/"))
+
+
 def limits_of(policy: TenantSettings) -> dict[str, int | None]:
     return {f: getattr(policy, f) for f in LIMIT_FIELDS}
 
@@ -92,6 +98,10 @@ class TenantPolicies:
         if tenant in self.settings.auth.trusted_networks.values():
             return True
         return any(t["name"] == tenant for t in self.store.list_tenants())
+
+    def names(self) -> list[str]:
+        """Every tenant the config file or the store names, sorted (a query: off the loop)."""
+        return sorted({t["name"] for t in self.store.list_tenants()} | set(self.settings.tenants))
 
     def effective_limits(self, tenant: str) -> dict[str, Any]:
         """``{"tenant", "limits": {field: value in force}, "config": {field: the config file's},
