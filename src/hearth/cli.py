@@ -375,6 +375,8 @@ def sim(
 
         results = asyncio.run(run_both(speed))
         rows = [summarize(r.policy, r.outcomes, r.loads, wl.tenants) for r in results]
+        for row, r in zip(rows, results, strict=True):
+            row["preempted"] = r.preemptions  # clients cannot see it; the gateway counts it
         lags = {r.policy: {"p99": r.loop_lag_p99_s, "max": r.loop_lag_max_s} for r in results}
     else:
         simulated = [simulate(wl, policy) for policy in POLICIES]

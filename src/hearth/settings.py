@@ -177,9 +177,20 @@ class SchedulerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     load_gbps: float = 2.0
     # Requests waiting in all, across tenants.
     max_queue: int = 1024
+    # An interactive request that cannot start within its bound may abort a batch tenant's
+    # call whose client does not stream; the call is sent again later (gateway/policy.py).
+    preempt: bool = True
+    # A batch request with a bound switches whatever it costs after this share of it (an
+    # interactive one after half).
+    batch_urgency: float = 0.6
+    # Batch work leaves alone a model that served an interactive request this many seconds ago
+    # (the next turn of a conversation), until 0.85 of its own bound has passed.
+    session_gap: float = 60.0
 
     def __post_init__(self) -> None:
-        for name in ("aging", "horizon", "load_fixed"):
+        if not 0 < self.batch_urgency <= 1:
+            raise ValueError("batch_urgency: expected a share of the bound, above 0 and at most 1")
+        for name in ("aging", "horizon", "load_fixed", "session_gap"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: expected 0 or more seconds")
         if self.load_gbps <= 0 or self.batch_weight <= 0 or self.max_queue <= 0:

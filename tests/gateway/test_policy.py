@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hearth.gateway.policy import BATCH, INTERACTIVE, BackendSpec, Job, Policy, PolicySettings
+from hearth.gateway.policy import BATCH, HOT, INTERACTIVE, BackendSpec, Job, Policy, PolicySettings
 
 GB = 1e9
 
@@ -99,17 +101,18 @@ def test_a_model_loads_at_once_into_free_memory() -> None:
 def test_batch_work_never_evicts_a_model_others_wait_for() -> None:
     h = Harness(BackendSpec("b", max_loaded=1))
     h.loaded("b", {"busy": 5 * GB}, also=("other",))
-    running = h.job("busy", 0.0)
-    queued = h.job("busy", 0.0)
+    running = h.job("busy", 0.0, priority=BATCH)
+    queued = h.job("busy", 0.0, priority=BATCH)
     other = h.job("other", 0.0, priority=BATCH, max_wait=1000.0)
-    h.policy.pump(400.0)
+    urgent_at = 1000.0 * PolicySettings().batch_urgency
+    h.policy.pump(urgent_at - 200)
     assert other.backend is None  # not urgent yet, and "busy" has a queue
-    h.policy.finish(running, 401.0)
+    h.policy.finish(running, urgent_at - 199)
     assert queued.backend == "b"  # affinity: the loaded model's queue first
-    # Half its bound: the batch request is urgent; "busy" is drained, then unloaded.
-    h.policy.pump(500.0)
+    # batch_urgency of its bound: the batch request is urgent; "busy" is drained, then unloaded.
+    h.policy.pump(urgent_at)
     assert other.backend is None
-    h.policy.finish(queued, 510.0)
+    h.policy.finish(queued, urgent_at + 10)
     assert other.backend == "b" and other.loads and other.unload == ("busy",)
 
 
@@ -192,7 +195,8 @@ MODELS = {"a": 5 * GB, "b": 10 * GB, "c": 10 * GB, "d": 27 * GB}
             st.sampled_from(["t1", "t2", "t3"]),
             st.sampled_from([INTERACTIVE, BATCH]),
             st.floats(1, 120),  # service seconds
-            st.sampled_from([None, 100.0, 1000.0]),  # max_wait
+            st.sampled_from([None, 30.0, 100.0, 1000.0]),  # max_wait
+            st.booleans(),  # preemptible (the policy only ever preempts batch calls)
         ),
         min_size=1,
         max_size=60,
@@ -201,12 +205,13 @@ MODELS = {"a": 5 * GB, "b": 10 * GB, "c": 10 * GB, "d": 27 * GB}
     st.integers(1, 2),
 )
 def test_every_request_is_served_or_dropped_at_its_bound_and_capacity_holds(
-    reqs: list[tuple[float, str, str, int, float, float | None]], parallel: int, servers: int
+    reqs: list[tuple[float, str, str, int, float, float | None, bool]], parallel: int, servers: int
 ) -> None:
     """Driven by a tiny event loop with loads of 5 s: every request is granted (no starvation),
     or dropped exactly at its bound; never more than `parallel` per model, never more models or
-    memory than the backend holds."""
-    events: list[tuple[float, int, str, Job]] = []
+    memory than the backend holds. Preempted calls are stopped and wait again: only batch calls
+    that may be, never past their bound."""
+    events: list[tuple[float, int, str, Job, int]] = []
     seq = itertools.count()
     service: dict[int, float] = {}
     names = tuple(f"b{i}" for i in range(servers))
@@ -228,23 +233,30 @@ def test_every_request_is_served_or_dropped_at_its_bound_and_capacity_holds(
         assert len(backend.runners) <= 3
         assert backend.used() <= 48 * GB
         assert job.granted_at is not None
-        heapq.heappush(events, (job.granted_at + 5.0 * job.loads + service[id(job)], next(seq), "end", job))
+        end = job.granted_at + 5.0 * job.loads + service[id(job)]
+        heapq.heappush(events, (end, next(seq), "end", job, job.preempted))
+
+    def on_preempt(job: Job, backend: str) -> None:
+        assert job.preemptible and job.priority == BATCH
+        assert job.max_wait is None or now - job.arrived < job.max_wait
+        running[(backend, job.model)] -= 1  # its "end" event is void: it carries the old count
 
     h.policy._on_grant = on_grant
+    h.policy._on_preempt = on_preempt
     jobs = []
-    for t, model, tenant, prio, svc, bound in sorted(reqs, key=lambda r: r[0]):
-        j = Job(tenant, model, names, t, priority=prio, max_wait=bound)
+    for t, model, tenant, prio, svc, bound, preemptible in sorted(reqs, key=lambda r: r[0]):
+        j = Job(tenant, model, names, t, priority=prio, max_wait=bound, preemptible=preemptible)
         service[id(j)] = svc
         jobs.append(j)
-        heapq.heappush(events, (t, next(seq), "arrive", j))
+        heapq.heappush(events, (t, next(seq), "arrive", j, 0))
     now = 0.0
     while True:
         due = h.policy.next_deadline(now)
         if events and (due is None or events[0][0] <= due):
-            now, _, kind, job = heapq.heappop(events)
+            now, _, kind, job, attempt = heapq.heappop(events)
             if kind == "arrive":
                 h.policy.submit(job, now)
-            else:
+            elif attempt == job.preempted:
                 running[(job.backend, job.model)] -= 1
                 h.policy.finish(job, now)
         elif due is not None:
@@ -286,3 +298,89 @@ def test_a_short_queue_waits_for_the_loaded_copy_instead_of_evicting_another_mod
     assert busy.backend == "one" and waiting.backend is None  # no second copy on "two"
     h.policy.finish(busy, 5.0)
     assert waiting.backend == "one" and not waiting.loads
+
+
+class Preempting(Harness):
+    """A harness that records preemptions as the driver sees them."""
+
+    def __init__(self, *specs: BackendSpec, **settings: float | bool) -> None:
+        super().__init__(*specs, **settings)
+        self.preempted: list[tuple[Job, str]] = []
+        self.policy._on_preempt = lambda job, backend: self.preempted.append((job, backend))
+
+
+def test_an_interactive_request_preempts_a_batch_call_that_can_be_sent_again() -> None:
+    h = Preempting(BackendSpec("b", max_loaded=1))
+    h.loaded("b", {"big": 26 * GB}, also=("voice",))
+    meal = h.job("big", 0.0, tenant="meal", priority=BATCH, max_wait=600.0, preemptible=True)
+    assert meal.backend == "b"
+    # Nothing says how long "big" takes: the voice request does not bet its bound on it.
+    voice = h.job("voice", 40.0, tenant="ha", max_wait=30.0)
+    assert h.preempted == [(meal, "b")]
+    assert voice.backend == "b" and voice.loads and voice.unload == ("big",)
+    assert meal.backend is None and meal.preempted == 1 and h.policy.waiting("meal") == 1
+    assert meal.arrived == 40.0  # its 40 s on the backend do not count against its bound
+    assert h.policy.preemptions == 1
+    # The voice model is in use: the meal call leaves it loaded until its count of arrivals
+    # decays below HOT (one arrival at 40 s: horizon * ln 2 later), then reloads.
+    h.policy.finish(voice, 50.0)
+    cooled = 40.0 + PolicySettings().horizon * math.log(1 / HOT)
+    h.policy.pump(cooled - 1)
+    assert meal.backend is None
+    cooled = h.policy.next_deadline(cooled - 1)
+    assert cooled == pytest.approx(40.0 + PolicySettings().horizon * math.log(1 / HOT))
+    h.policy.pump(cooled)
+    assert meal.backend == "b" and meal.loads and meal.unload == ("voice",)
+
+
+def test_urgent_batch_work_leaves_a_conversation_alone_until_its_last_chance() -> None:
+    h = Harness(BackendSpec("b", max_loaded=1))
+    h.loaded("b", {"voice": 9 * GB}, also=("big",))
+    turn = h.job("voice", 0.0, tenant="ha", max_wait=30.0)
+    meal = h.job("big", 1.0, tenant="meal", priority=BATCH, max_wait=100.0)
+    h.policy.finish(turn, 70.0)  # meal is urgent from 61 s, but a turn just ended
+    assert meal.backend is None
+    h.policy.pump(85.9)
+    assert meal.backend is None
+    h.policy.pump(86.0)  # 0.85 of its bound: its last chance
+    assert meal.backend == "b" and meal.unload == ("voice",)
+
+
+def test_a_call_that_streams_is_drained_never_preempted() -> None:
+    h = Preempting(BackendSpec("b", max_loaded=1))
+    h.loaded("b", {"big": 26 * GB}, also=("voice",))
+    meal = h.job("big", 0.0, tenant="meal", priority=BATCH, max_wait=600.0, preemptible=False)
+    voice = h.job("voice", 40.0, tenant="ha", max_wait=30.0)
+    h.policy.pump(70.0)
+    assert h.preempted == [] and voice.backend is None
+    h.policy.finish(meal, 90.0)
+    assert voice.dropped == "timeout"  # dropped at its bound: nothing could make room in time
+
+
+def test_preemption_waits_for_a_drain_expected_in_time_until_urgency() -> None:
+    h = Preempting(BackendSpec("b", max_loaded=1))
+    h.loaded("b", {"big": 26 * GB}, also=("voice",))
+    first = h.job("big", 0.0, tenant="meal", priority=BATCH, max_wait=600.0, preemptible=True)
+    h.policy.finish(first, 4.0)  # "big" answers in about 4 s
+    meal = h.job("big", 10.0, tenant="meal", priority=BATCH, max_wait=600.0, preemptible=True)
+    voice = h.job("voice", 11.0, tenant="ha", max_wait=30.0)
+    assert h.preempted == [] and voice.backend is None  # the drain should end in time
+    h.policy.pump(11.0 + 14.9)
+    assert h.preempted == []
+    h.policy.pump(11.0 + 15.0)  # half its bound and still running: preempt now
+    assert h.preempted == [(meal, "b")] and voice.backend == "b"
+
+
+def test_a_call_that_could_not_start_within_its_bound_after_a_reload_is_not_preempted() -> None:
+    h = Preempting(BackendSpec("b", max_loaded=1))
+    h.loaded("b", {"big": 26 * GB}, also=("voice",))
+    meal = h.job("big", 0.0, tenant="meal", priority=BATCH, max_wait=20.0, preemptible=True)
+    # Waited 0 s, but a reload of "big" (2 + 26 / 2 = 15 s) and another run of it (unknown:
+    # 0 s) leave 15 s of its 20: preemptible. With a 10 s bound it would not be.
+    voice = h.job("voice", 1.0, tenant="ha", max_wait=30.0)
+    assert h.preempted == [(meal, "b")] and voice.backend == "b"
+    short = Preempting(BackendSpec("b", max_loaded=1))
+    short.loaded("b", {"big": 26 * GB}, also=("voice",))
+    meal = short.job("big", 0.0, tenant="meal", priority=BATCH, max_wait=10.0, preemptible=True)
+    voice = short.job("voice", 1.0, tenant="ha", max_wait=30.0)
+    assert short.preempted == [] and voice.backend is None

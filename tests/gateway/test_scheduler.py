@@ -441,3 +441,114 @@ def test_an_unload_request_takes_no_slot_and_never_loads_the_model_first(live: A
         unloads = [body_of(r)["model"] for r in o.requests_to("/api/generate")]
         assert unloads == [OTHER, MODEL]  # none sent by Hearth for the switch
         assert o.loaded == [OTHER]
+
+
+# ---- preemption --------------------------------------------------------------------------------
+
+
+def preempting(o: FakeOllama) -> Settings:
+    """One backend that holds one model; a batch meal planner and an interactive voice tenant.
+    Short horizon and session gap, so the meal call is sent again soon after the voice turn."""
+    return settings_for(
+        o,
+        max_loaded_models=1,
+        tenants={"meal": {"priority": "batch", "max_wait": 600}, "voice": {"max_wait": 30}},
+        extra={"scheduler": {"horizon": 0.2, "session_gap": 0.2}},
+    )
+
+
+def traces_of(hearth: LiveHearth, tenant: str) -> list[dict[str, Any]]:
+    def logged() -> list[dict[str, Any]]:
+        r = httpx.get(hearth.url + "/admin/traces", params={"tenant": tenant})
+        assert r.status_code == 200, r.text
+        return r.json()["traces"]  # type: ignore[no-any-return]
+
+    assert eventually(lambda: len(logged()) > 0)
+    return logged()
+
+
+def test_an_interactive_request_preempts_a_batch_call_that_does_not_stream_and_it_is_sent_again(
+    live: Any, bg: concurrent.futures.ThreadPoolExecutor, keyed: Callable[[LiveHearth, str], ollama.Client]
+) -> None:
+    with FakeOllama(models=[MODEL, OTHER], loaded=[OTHER]) as o:
+        hearth = live(preempting(o))
+        meal, voice = keyed(hearth, "meal"), keyed(hearth, "voice")
+        o.hold()
+        plan = bg.submit(
+            meal.chat,
+            model=OTHER,
+            messages=[{"role": "user", "content": "plan meals"}],
+            options={"num_predict": 3},
+        )
+        assert o.wait_in_flight(1)
+        # The voice turn needs MODEL, which only fits once OTHER goes; the meal call would hold
+        # OTHER for as long as it generates, and nothing says how long that is.
+        turn = bg.submit(ask, voice, "lights on")
+        assert o.wait_cancelled(1)  # Hearth closed the meal call's connection: Ollama stops
+        o.release()
+        assert turn.result(10).done
+        reply = plan.result(10)
+        assert reply.done and reply.message.content  # the meal planner only waited longer
+        assert prompts_seen(o) == ["plan meals", "lights on", "plan meals"]
+        unloads = [body_of(r)["model"] for r in o.requests_to("/api/generate")]
+        assert unloads == [OTHER, MODEL]  # each switch unloaded the other model first
+        assert metric(hearth, "hearth_preemptions_total", backend="o1") == 1
+        assert metric(hearth, "hearth_model_loads_total", backend="o1") == 2
+        # One call, one trace, and it succeeded: the stopped attempt is not a client hang-up.
+        assert [t["status"] for t in traces_of(hearth, "meal")] == [200]
+
+
+def test_a_batch_call_from_an_openai_client_is_read_whole_before_preemption_ends(
+    live: Any, bg: concurrent.futures.ThreadPoolExecutor, keyed: Callable[[LiveHearth, str], ollama.Client]
+) -> None:
+    """The OpenAI dialect on an Ollama backend is translated chunk by chunk: without a stream,
+    the chunks are read here first, so the call can still be stopped and sent again."""
+    with FakeOllama(models=[MODEL, OTHER], loaded=[OTHER]) as o:
+        hearth = live(preempting(o))
+        voice = keyed(hearth, "voice")
+        o.hold()
+        with openai.OpenAI(base_url=hearth.url + "/v1", api_key=new_key(hearth, "meal"), max_retries=0) as oa:
+            plan = bg.submit(
+                oa.chat.completions.create,
+                model=OTHER,
+                messages=[{"role": "user", "content": "plan meals"}],
+                max_tokens=3,
+            )
+            assert o.wait_in_flight(1)
+            turn = bg.submit(ask, voice, "lights on")
+            assert o.wait_cancelled(1)
+            o.release()
+            assert turn.result(10).done
+            reply = plan.result(10)
+        assert reply.choices[0].message.content
+        assert reply.usage is not None and reply.usage.completion_tokens > 0
+        assert prompts_seen(o) == ["plan meals", "lights on", "plan meals"]
+        assert metric(hearth, "hearth_preemptions_total", backend="o1") == 1
+
+
+def test_a_batch_call_that_streams_is_never_preempted(
+    live: Any, bg: concurrent.futures.ThreadPoolExecutor, keyed: Callable[[LiveHearth, str], ollama.Client]
+) -> None:
+    """Its client has tokens already: it cannot be sent again. The voice turn waits its bound."""
+    with FakeOllama(models=[MODEL, OTHER], loaded=[OTHER]) as o:
+        hearth = live(
+            settings_for(
+                o,
+                max_loaded_models=1,
+                tenants={"meal": {"priority": "batch", "max_wait": 600}, "voice": {"max_wait": 0.5}},
+            )
+        )
+        meal, voice = keyed(hearth, "meal"), keyed(hearth, "voice")
+        o.hold()
+        plan = bg.submit(
+            lambda: list(meal.chat(model=OTHER, messages=[{"role": "user", "content": "plan"}], stream=True))
+        )
+        assert o.wait_in_flight(1)
+        with pytest.raises(ollama.ResponseError) as err:
+            ask(voice, "lights on")
+        assert err.value.status_code == 503
+        assert o.cancelled == 0
+        o.release()
+        assert plan.result(10)[-1].done
+        assert prompts_seen(o) == ["plan"]
+        assert metric(hearth, "hearth_preemptions_total", backend="o1") == 0

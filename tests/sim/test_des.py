@@ -73,3 +73,41 @@ tenants:
     hearth = simulate(wl, "hearth")
     assert all(o.rejected is None for o in hearth.outcomes)
     assert hearth.loads == 2  # each model loaded once, on a server of its own
+
+
+PREEMPTION = """
+name: preemption
+seed: 1
+duration_s: 600
+server: {{memory_gb: 48, max_loaded_models: 1, num_parallel: 1, load_fixed_s: 2, load_gbps: 2}}
+models:
+  big: {{size_gb: 26, tokens_per_s: 5, prompt_tokens_per_s: 50}}
+  voice: {{size_gb: 9, tokens_per_s: 10, prompt_tokens_per_s: 100}}
+tenants:
+  meal: {{priority: batch, max_wait_s: 600, stream: {stream}}}
+  ha: {{priority: interactive, max_wait_s: 30}}
+requests:
+  - {{t: 0, tenant: meal, model: big, prompt_tokens: 500, output_tokens: 500}}
+  - {{t: 20, tenant: ha, model: voice, prompt_tokens: 100, output_tokens: 20}}
+"""
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_voice_turn_preempts_a_long_batch_call_only_if_it_can_be_sent_again(
+    tmp_path: Path, stream: bool
+) -> None:
+    """The meal call runs 110 s and its model leaves no room: without a stream it is stopped
+    for the voice turn and run again whole; with one, the voice turn is dropped at its bound."""
+    path = tmp_path / "w.yaml"
+    path.write_text(PREEMPTION.format(stream=str(stream).lower()))
+    wl = load_workload(path)
+    result = simulate(wl, "hearth")
+    meal, turn = result.outcomes
+    if stream:
+        assert meal.preempted == 0 and turn.rejected == "timed out"
+        return
+    assert meal.preempted == 1 and meal.lost_s == pytest.approx(20 - 15)  # 15 s load, 5 s of run
+    assert turn.rejected is None and turn.wait_s is not None and turn.wait_s < 30
+    assert meal.completed and meal.finished_at is not None
+    assert meal.finished_at - meal.started_at == pytest.approx(meal.service_s)  # a whole run
+    assert result.loads == 3  # big, voice, big again

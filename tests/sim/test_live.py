@@ -44,6 +44,7 @@ tenants:
     priority: batch
     max_wait_s: 600
     weight: 2
+    stream: false     # whole answers: Hearth may preempt these calls
     traffic:
       - {kind: bursts, model: code:14b, every_s: 300, start_s: 30, size: [4, 6], spread_s: 20,
          prompt_tokens: [500, 1500], output_tokens: [50, 150]}
@@ -201,3 +202,31 @@ def test_bad_arguments_are_refused_before_anything_starts(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         asyncio.run(run_live(workload, policy, speed))
+
+
+def test_a_voice_turn_preempts_a_batch_call_through_the_real_gateway(tmp_path: Path) -> None:
+    """As in test_des.py: the meal call (no stream) holds the only model slot for 110 s; the
+    voice turn stops it through Hearth, and the meal call is sent again and answered whole."""
+    path = tmp_path / "w.yaml"
+    path.write_text("""\
+name: preemption
+seed: 1
+duration_s: 300
+server: {memory_gb: 48, max_loaded_models: 1, num_parallel: 1}
+models:
+  big: {size_gb: 26, tokens_per_s: 5, prompt_tokens_per_s: 50}
+  voice: {size_gb: 9, tokens_per_s: 10, prompt_tokens_per_s: 100}
+tenants:
+  meal: {priority: batch, max_wait_s: 600, stream: false}
+  ha: {priority: interactive, max_wait_s: 30}
+requests:
+  - {t: 0, tenant: meal, model: big, prompt_tokens: 500, output_tokens: 500}
+  - {t: 20, tenant: ha, model: voice, prompt_tokens: 100, output_tokens: 20}
+""")
+    wl = load_workload(path)
+    result, _ = play(wl, "hearth", speed=100.0)
+    meal, turn = result.outcomes
+    assert result.preemptions == 1
+    assert turn.completed and turn.wait_s is not None and turn.wait_s < 30
+    assert meal.completed and meal.started_at is not None and meal.started_at > turn.arrival.t
+    assert result.loads == 3  # big, voice, big again

@@ -317,7 +317,7 @@ def test_the_table_has_a_block_of_max_waits_against_bounds() -> None:
 def test_the_table_shows_missing_figures_as_dashes() -> None:
     text = render_table([summarize("empty", [], loads=0, tenants={})])
     line = text.splitlines()[2]
-    assert line.split() == ["empty", "0", "-", "-", "-", "0.0", "0.0", "-", "-", "-", "0"]
+    assert line.split() == ["empty", "0", "-", "-", "-", "0.0", "0.0", "-", "-", "-", "0", "0"]
 
 
 def test_no_rows_give_just_the_header() -> None:

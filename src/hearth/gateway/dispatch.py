@@ -6,6 +6,10 @@ first byte (connection error, 429, 502-504, or a 404 from stale discovery) is sk
 next one tried, up to ``routing.max_attempts``. Once a response has started there is no retry:
 a failure then becomes the dialect's in-stream error.
 
+A batch tenant's call whose client does not stream is preemptible: the whole answer is read
+here before anything goes to the client, so the scheduler may stop it for an interactive request
+and have it sent again later (gateway/scheduler.py); the client only sees it take longer.
+
 When the client's dialect is the backend's own, the request bytes go through untouched (or
 re-encoded once when an alias changed the model or options) and the response bytes come back
 untouched, forwarded record by record; otherwise the canonical request goes to the backend
@@ -14,6 +18,7 @@ adapter and canonical chunks come back for the api layer to encode.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -99,6 +104,12 @@ class _Lease:
         trace.first_byte()
         self.ticket.started()
 
+    @property
+    def preempted(self) -> bool:
+        """The scheduler stopped this call to send it again later: its trace goes on."""
+        fut = getattr(self.ticket, "preempted", None)
+        return fut is not None and fut.done()
+
     def settle(self, ok: bool | None) -> None:
         """ok: the backend did its job; False: it failed; None: says nothing of its health
         (the client left)."""
@@ -126,8 +137,20 @@ class Passthrough:
         self._dialect = dialect
         self._sse = sse
         self.headers = queue_headers(trace)
+        self._read: bytes | HearthError | None = None  # what prefetch() got
+
+    async def prefetch(self) -> None:
+        """Read the whole answer now; read() hands it over (or raises its error) later."""
+        try:
+            self._read = await self.read()
+        except HearthError as exc:
+            self._read = exc
 
     async def read(self) -> bytes:
+        if self._read is not None:
+            if isinstance(self._read, HearthError):
+                raise self._read
+            return self._read
         try:
             body = await self.raw.read()
         except HearthError as exc:
@@ -136,7 +159,8 @@ class Passthrough:
             raise
         except BaseException:
             self._lease.settle(None)
-            self._trace.finish(499, "client disconnected")
+            if not self._lease.preempted:
+                self._trace.finish(499, "client disconnected")
             raise
         prompt, completion, load = peek_usage(self._dialect, body)
         tokens = (prompt, completion)
@@ -265,7 +289,7 @@ class Translated:
                 if usage is None:
                     trace.reply_estimate = estimate_tokens(chars)
                 trace.finish_usage(usage)
-            else:
+            elif not self._lease.preempted:
                 trace.finish(499, "client disconnected")  # no-op after a backend error
 
 
@@ -359,21 +383,34 @@ class Gateway:
             return out
         last: HearthError | None = None
         tried: set[tuple[int, str]] = set()
+        preemptible = (
+            self.scheduler.settings.scheduler.preempt
+            and call.principal.policy.priority == "batch"
+            and not _wants_stream(call)
+        )
         for i, target in enumerate(targets):
             while trace.attempts < self.max_attempts:
                 names = [s.name for t, s in plan if t is target and (i, s.name) not in tried]
                 if not names:
                     break
                 # The scheduler picks the backend among the candidates and says when to send.
-                ticket = await self.scheduler.acquire(call.principal, target.model, names, trace.estimate)
-                state = self.pool.by_name[ticket.backend]
-                tried.add((i, state.name))
+                ticket = await self.scheduler.acquire(
+                    call.principal, target.model, names, trace.estimate, preemptible
+                )
                 trace.attempts += 1
-                trace.backend = state.name
                 trace.served_model = target.model
-                trace.queued(ticket.position, ticket.waited)
                 try:
-                    return await self._try(call, target, state, trace, ticket)
+                    while True:
+                        state = self.pool.by_name[ticket.backend]
+                        tried.add((i, state.name))
+                        trace.backend = state.name
+                        trace.queued(ticket.position, ticket.waited)
+                        if ticket.preempted is None:
+                            return await self._try(call, target, state, trace, ticket)
+                        whole = await self._preemptible(call, target, state, trace, ticket)
+                        if whole is not None:
+                            return whole
+                        ticket = await self.scheduler.resume(ticket, target.model)
                 except BackendUnavailable as exc:
                     log.info("backend %s refused %s: %s", state.name, target.model, exc.message)
                     last = exc
@@ -403,6 +440,43 @@ class Gateway:
             # Health data stays in the house: no cloud backend, not even as a fallback.
             plan = [(t, s) for t, s in plan if not s.backend.cfg.cloud]
         return plan
+
+    async def _preemptible(
+        self, call: Call, target: Target, state: BackendState, trace: Trace, ticket: Ticket
+    ) -> Outcome | None:
+        """Send and read the whole answer, unless the scheduler preempts the call first: then
+        close the connection (Ollama stops generating) and return None."""
+        preempted = ticket.preempted
+        assert preempted is not None
+        task = asyncio.ensure_future(self._whole(call, target, state, trace, ticket))
+        try:
+            await asyncio.wait((task, preempted), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()  # the client left
+            raise
+        if task.done():
+            if preempted.done():
+                self.scheduler.abandon(ticket)  # it ended just as it was preempted
+            return task.result()
+        task.cancel()
+        await asyncio.wait((task,))
+        log.info(
+            "%s call for %s preempted on %s; it waits to be sent again",
+            call.principal.name,
+            target.model,
+            state.name,
+        )
+        return None
+
+    async def _whole(
+        self, call: Call, target: Target, state: BackendState, trace: Trace, ticket: Ticket
+    ) -> Outcome:
+        out = await self._try(call, target, state, trace, ticket)
+        if isinstance(out, Passthrough):
+            await out.prefetch()
+        elif isinstance(out, ChunkStream):
+            out = ChunkStream(out.meta, await _buffered(out.chunks))
+        return out
 
     async def _try(
         self, call: Call, target: Target, state: BackendState, trace: Trace, ticket: Ticket | FreeTicket
@@ -481,6 +555,25 @@ def _is_unload(req: CanonicalRequest) -> bool:
     if isinstance(req, CompletionRequest):
         return not req.prompt and not req.images
     return isinstance(req, ChatRequest) and not req.messages
+
+
+async def _buffered(chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+    """Read a stream to its end now; replay it later, ending with its error if it had one."""
+    got: list[Chunk] = []
+    error: HearthError | None = None
+    try:
+        async for c in chunks:
+            got.append(c)
+    except HearthError as exc:
+        error = exc
+
+    async def replay() -> AsyncIterator[Chunk]:
+        for c in got:
+            yield c
+        if error is not None:
+            raise error
+
+    return replay()
 
 
 def _wants_stream(call: Call) -> bool:

@@ -30,17 +30,32 @@ The policy, in the order it is applied each time anything changes:
    the tenant's weight. An interactive request does not wait for its cost to build up
    (``interactive_now``): it switches as soon as room can be made. Loading into free memory
    costs nothing, so an idle backend is never left idle while requests wait.
-5. **Who may be evicted.** Batch work evicts only idle models nobody waits for, and leaves room
-   for the interactive models in use (each could still load next to the batch models that stay,
-   by the backend's fit rule), so a long batch generation never locks an interactive model
-   out. Interactive and urgent requests may take any model: one still serving requests is
-   drained (no new requests until idle), then unloaded (keep_alive 0) and the waiting request
-   sent. One switch at a time per backend, as Ollama loads one model at a time.
-6. **Bounded waits.** A request that has waited half its tenant's ``max_wait`` is urgent: its
-   switch happens whatever its cost, and may take any model; at ``max_wait`` it is dropped
-   (503 with Retry-After). Batch requests age into interactive ones after ``aging`` seconds.
-   So no request waits forever: a model is drained within one generation, and aging and
-   urgency outgrow any other request's claim.
+5. **Who may be evicted.** Interactive and urgent requests may take any model: one still
+   serving requests is drained (no new requests until idle), then unloaded (keep_alive 0) and
+   the waiting request sent. Batch work evicts only idle models nobody waits for. Batch work
+   that cannot be preempted (rule 6) also leaves room for the interactive models in use (each
+   could still load next to the batch models that stay, by the backend's fit rule), so a long
+   batch generation never locks an interactive model out; batch work that can be preempted may
+   fill that room, but leaves the interactive models in use loaded. Until the last
+   ``last_chance`` of its bound, batch work also leaves alone a model that finished an
+   interactive request within ``session_gap`` seconds: the next turn of a conversation is
+   likely. One switch at a time per backend, as Ollama loads one model at a time; switches that
+   cannot wait go first, earliest deadline first.
+6. **Bounded waits.** A request that has waited half its tenant's ``max_wait`` (a batch one:
+   ``batch_urgency`` of it) is urgent: its switch happens whatever its cost, and may take any
+   model; at ``max_wait`` it is dropped (503 with Retry-After). Batch requests age into
+   interactive ones after ``aging`` seconds. So no request waits forever: a model is drained
+   within one generation, and aging and urgency outgrow any other request's claim.
+   **Preemption:** draining can take minutes (a batch generation on a CPU), longer than an
+   interactive bound. A batch call whose client reads the whole answer (no stream) is
+   preemptible: the driver can abort it and send it again, and the client only sees it take
+   longer. An interactive request with a bound whose switch needs busy models preempts their
+   calls, if all are preemptible, at once when the drain would end after its urgency by the
+   models' average service times, or at its urgency if the drain has not ended by then. The
+   victims are chosen by eviction cost plus the work their calls would lose. A preempted call
+   goes back to the head of its tenant's queue, with its time on the backend not counted
+   against its bound, and may be preempted again only while it could still start within its
+   bound after a reload and one more run of its model.
 7. **Several backends.** A request may go to any backend that serves its model: a loaded one
    with a free slot first, in the caller's order; otherwise the switch goes where it pays
    most (ties: where the model fits best). Requests waiting for a model that is loaded but busy
@@ -89,6 +104,14 @@ class PolicySettings:
     load_bandwidth: float = 2e9  # bytes per second
     default_size: float = 5e9  # bytes, for a model whose size no backend has reported
     memory_overhead: float = 0.1  # loaded size over file size, until /api/ps shows the real one
+    # A bounded batch request is urgent (switches whatever it costs) after this share of its
+    # bound; an interactive one after half.
+    batch_urgency: float = 0.6
+    # Batch work leaves alone a model that finished an interactive request this recently (the
+    # next turn of a conversation is likely), until ``last_chance`` of its own bound has passed.
+    session_gap: float = 60.0
+    last_chance: float = 0.85
+    preempt: bool = True  # an interactive request may abort batch calls that can be sent again
 
 
 @dataclass(eq=False, slots=True)
@@ -104,6 +127,9 @@ class Job:
     max_wait: float | None = None
     cost: float = 1.0  # estimated tokens, charged to the tenant's virtual time
     tag: Any = None  # the driver's own
+    # The driver may abort it while it runs and send it again later (a batch call whose client
+    # gets nothing before the end: no stream).
+    preemptible: bool = False
     # Set by the policy.
     seq: int = 0
     position: int = 0  # its place in the queue for its model when it arrived (1: next); 0: not queued
@@ -113,6 +139,7 @@ class Job:
     loads: bool = False  # this request makes the backend load its model
     started: bool = False
     dropped: str | None = None
+    preempted: int = 0  # times it was aborted and queued again
 
 
 @dataclass(slots=True)
@@ -123,6 +150,7 @@ class _Runner:
     loading: bool = False  # granted a load; no first byte yet
     last_used: float = 0.0
     draining: bool = False
+    jobs: list[Job] = field(default_factory=list)  # in flight here
 
 
 @dataclass(slots=True)
@@ -136,6 +164,7 @@ class _Backend:
     switching: str | None = None  # a model being loaded (granted, no first byte yet)
     switch_ends: float = 0.0  # when that load should be done, by the estimate
     loads: int = 0  # switches started here
+    preemptions: int = 0  # calls stopped here to be sent again
 
     def used(self) -> float:
         return sum(r.size for r in self.runners.values())
@@ -147,7 +176,8 @@ class _Backend:
 
 class Policy:
     """See the module docstring. ``on_grant(job)`` and ``on_drop(job)`` are called from inside
-    ``submit``/``finish``/``pump``...; the driver then sends or fails the request."""
+    ``submit``/``finish``/``pump``...; the driver then sends or fails the request.
+    ``on_preempt(job, backend)``: the driver must stop that call, which waits for its next grant."""
 
     def __init__(
         self,
@@ -155,11 +185,13 @@ class Policy:
         settings: PolicySettings,
         on_grant: Callable[[Job], None],
         on_drop: Callable[[Job], None],
+        on_preempt: Callable[[Job, str], None] | None = None,
     ) -> None:
         self.settings = settings
         self._backends = {b.name: _Backend(b) for b in backends}
         self._on_grant = on_grant
         self._on_drop = on_drop
+        self._on_preempt = on_preempt
         self._queues: dict[str, dict[str, deque[Job]]] = {}  # model -> tenant -> FIFO
         self._waiting: dict[str, int] = {}  # model -> count
         self._by_tenant: dict[str, int] = {}  # tenant -> count waiting
@@ -169,12 +201,14 @@ class Policy:
         self._arrivals: dict[str, tuple[float, float]] = {}  # model -> (decaying count, as of)
         self._interactive: dict[str, tuple[float, float]] = {}  # the same, interactive requests only
         self._service_est: dict[str, float] = {}  # model -> moving average of grant-to-end seconds
+        self._served: dict[str, float] = {}  # model -> when it last finished an interactive request
         self._seq = itertools.count(1)
         self._pumping = False
         self._switch_due: list[float] = []  # when a waiting cost will reach its switch cost
         self.loads = 0
         self.grants = 0
         self.dropped = 0
+        self.preemptions = 0
 
     # ---- the driver's calls ---------------------------------------------------------------
 
@@ -251,6 +285,8 @@ class Policy:
             self._load_est[key] = load_seconds if old is None else 0.5 * old + 0.5 * load_seconds
         r = b.runners.get(job.model)
         b.in_flight -= 1
+        if job.priority == INTERACTIVE:
+            self._served[job.model] = now
         if ok and job.granted_at is not None:
             took = now - job.granted_at
             old = self._service_est.get(job.model)
@@ -258,6 +294,8 @@ class Policy:
         if r is not None:
             r.in_flight -= 1
             r.last_used = now
+            if job in r.jobs:
+                r.jobs.remove(job)
             if job.loads and not job.started:
                 # The load did not complete: the model may not be there.
                 r.loading = False
@@ -269,6 +307,9 @@ class Policy:
 
     def loads_by_backend(self) -> dict[str, int]:
         return {name: b.loads for name, b in self._backends.items()}
+
+    def preemptions_by_backend(self) -> dict[str, int]:
+        return {name: b.preemptions for name, b in self._backends.items()}
 
     def waiting_by_model(self) -> dict[str, int]:
         return dict(self._waiting)
@@ -325,8 +366,9 @@ class Policy:
         return s.load_fixed + self._size(self._backends[backend], model) / s.load_bandwidth
 
     def next_deadline(self, now: float) -> float | None:
-        """When pump() must run again although nothing happened: a bound, an aging or
-        a switch coming due, a loaded model's keep_alive running out."""
+        """When pump() must run again although nothing happened: a bound, an urgency, a last
+        chance, an aging or a switch coming due, a loaded model's keep_alive running out, an
+        interactive model cooling or a conversation's gap ending."""
         if not self._waiting:
             return None
         times: list[float] = []
@@ -335,7 +377,8 @@ class Policy:
             for q in tenants.values():
                 for j in q:
                     if j.max_wait is not None:
-                        times.append(j.arrived + j.max_wait / 2)
+                        times.append(self._urgent_at(j))
+                        times.append(self._last_chance(j))
                         times.append(j.arrived + j.max_wait)
                     if j.priority == BATCH:
                         times.append(j.arrived + s.aging)
@@ -346,9 +389,11 @@ class Policy:
                 if r.in_flight == 0 and b.spec.loads_models:
                     times.append(r.last_used + b.spec.keep_alive)
         times.extend(self._switch_due)
+        times.extend(t + s.session_gap for t in self._served.values())
         for value, then in self._interactive.values():
             if value > HOT:  # when it stops being "in use", batch work may take its room
-                times.append(then + s.horizon * math.log(value / HOT))
+                # (a microsecond later: at the very instant, rounding may leave it at HOT)
+                times.append(then + s.horizon * math.log(value / HOT) + 1e-6)
         future = [t for t in times if t > now]
         return min(future) if future else None
 
@@ -377,6 +422,7 @@ class Policy:
                     "up": b.up,
                     "in_flight": b.in_flight,
                     "loads": b.loads,
+                    "preemptions": b.preemptions,
                     "switching_to": b.switching,
                     "slots_per_model": b.spec.slots_per_model,
                     "models": [
@@ -398,6 +444,7 @@ class Policy:
             "loads": self.loads,
             "grants": self.grants,
             "dropped": self.dropped,
+            "preemptions": self.preemptions,
         }
 
     # ---- the policy -------------------------------------------------------------------------
@@ -419,8 +466,11 @@ class Policy:
     def _drop_expired(self, now: float) -> None:
         for b in self._backends.values():
             if b.switching is not None and now >= b.switch_ends:
-                # Loaded by now, by the estimate: the first byte may wait on a long prompt, but
-                # the backend can take the next switch.
+                # Loaded by now, by the estimate: the first byte may wait on a long prompt (or,
+                # without streaming, the whole answer), but the backend can take the next switch.
+                r = b.runners.get(b.switching)
+                if r is not None:
+                    r.loading = False
                 b.switching = None
             if b.spec.loads_models:
                 for r in [r for r in b.runners.values() if r.in_flight == 0 and not r.loading]:
@@ -471,7 +521,7 @@ class Policy:
 
     def _switch(self, now: float) -> bool:
         """Start the switch that pays most, or drain the models it needs evicted first."""
-        cands: list[tuple[tuple[bool, bool, float, float], str, str, list[_Runner]]] = []
+        cands: list[tuple[tuple[bool, float, float, float], str, str, list[_Runner], bool]] = []
         for model, count in self._waiting.items():
             if not count:
                 continue
@@ -483,20 +533,17 @@ class Policy:
                 if model in b.runners or (b.sizes and model not in b.sizes):
                     continue
                 counted = [j for j in jobs if name in j.backends]
-                urgent = any(j.max_wait is not None and now - j.arrived >= j.max_wait / 2 for j in counted)
+                urgent = any(now >= self._urgent_at(j) for j in counted)
                 # Aged batch work without a bound of its own counts as interactive here too: aging
                 # is its only guarantee against starvation. Bounded work has urgency instead.
                 interactive = any(
                     j.priority == INTERACTIVE or (j.max_wait is None and self._class(j, now) == INTERACTIVE)
                     for j in counted
                 )
-                # Only an interactive or urgent request may take a model others wait for (or
-                # still use); batch work also keeps room for the interactive models in use.
-                may_take = urgent or interactive
-                # Past half its bound, batch work may also take the interactive models' room.
-                victims = self._victims(b, model, now, may_take, protect=not (interactive or urgent))
-                if victims is None:
+                chosen = self._choose_victims(b, model, counted, now, urgent, interactive)
+                if chosen is None:
                     continue
+                victims, preempt = chosen
                 load = self.load_estimate(name, model)
                 wsum = sum(self._w(j, now) for j in counted)
                 pressure = sum(self._w(j, now) * (now - j.arrived + load) for j in counted)
@@ -524,23 +571,33 @@ class Policy:
                     if backlog < load + cost:
                         continue
                 leftover = self._free(b) - self._size(b, model)
-                cands.append(((urgent, interactive, pressure - cost, -leftover), name, model, victims))
+                # Switches that cannot wait go first, earliest deadline first; then the one that
+                # pays most.
+                deadline = min(
+                    (j.arrived + j.max_wait for j in counted if j.max_wait is not None), default=math.inf
+                )
+                key = (forced, -deadline if forced else 0.0, pressure - cost, -leftover)
+                cands.append((key, name, model, victims, preempt))
         for b in self._backends.values():
             for r in b.runners.values():
                 r.draining = False
         cands.sort(key=lambda c: c[0], reverse=True)
         taken_backends: set[str] = set()
         taken_models: set[str] = set()
-        for _, name, model, victims in cands:
+        for _, name, model, victims, preempt in cands:
             if name in taken_backends or model in taken_models:
                 continue
             taken_backends.add(name)
             taken_models.add(model)
             b = self._backends[name]
             if any(v.in_flight > 0 for v in victims):
+                if not preempt:
+                    for v in victims:
+                        v.draining = True  # no new requests until all are idle, then the switch
+                    continue
                 for v in victims:
-                    v.draining = True  # no new requests until all are idle, then the switch
-                continue
+                    for j in list(v.jobs):
+                        self._preempt(j, b, v, now)
             job = self._pick(model, name, now)
             if job is None:
                 continue
@@ -559,22 +616,74 @@ class Policy:
             return True  # the picture changed: weigh the rest again
         return False
 
+    def _choose_victims(
+        self, b: _Backend, model: str, jobs: list[Job], now: float, urgent: bool, interactive: bool
+    ) -> tuple[list[_Runner], bool] | None:
+        """What must go for ``model`` to load on ``b`` for ``jobs`` (rule 5), and whether the
+        calls running there are to be preempted rather than drained (rule 6); None: nothing can.
+
+        Only an interactive or urgent request may take a model others wait for or still use.
+        Batch work that cannot be preempted keeps room for the interactive models in use; batch
+        work that can need not (an interactive request would preempt it), but it leaves the
+        interactive models in use loaded. Until its last chance, batch work also leaves alone a
+        model that finished an interactive request within ``session_gap``: the next turn of a
+        conversation is likely."""
+        fills = self.settings.preempt and all(j.preemptible for j in jobs)
+        keep: set[str] = set()
+        if not interactive:
+            if not urgent and fills:
+                keep = self._hot_interactive(b, now)
+            if not any(now >= self._last_chance(j) for j in jobs):
+                gap = self.settings.session_gap
+                keep |= {m for m, t in self._served.items() if now - t < gap}
+        protect = not (interactive or urgent) and not fills
+        victims = self._victims(b, model, now, urgent or interactive, protect=protect, keep=keep)
+        if victims is None or not any(v.in_flight for v in victims):
+            return None if victims is None else (victims, False)
+        # An interactive request with a bound does not wait for batch work to drain past half of
+        # it: it preempts at once if the drain would end too late by the estimates, else at half
+        # its bound if the drain has not ended by then.
+        bounded = [j for j in jobs if j.priority == INTERACTIVE and j.max_wait is not None]
+        if not bounded:
+            return victims, False
+        drained = now + max(self._remaining(v, now) for v in victims) + self.load_estimate(b.spec.name, model)
+        if all(drained <= self._urgent_at(j) and now < self._urgent_at(j) for j in bounded):
+            return victims, False
+        rescue = self._victims(b, model, now, True, protect=False, preempt=True)
+        return (victims, False) if rescue is None else (rescue, True)
+
     def _victims(
-        self, b: _Backend, model: str, now: float, may_take: bool, protect: bool
+        self,
+        b: _Backend,
+        model: str,
+        now: float,
+        may_take: bool,
+        protect: bool,
+        preempt: bool = False,
+        keep: set[str] | frozenset[str] = frozenset(),
     ) -> list[_Runner] | None:
         """The cheapest loaded models to evict so that ``model`` fits, or None if it cannot.
         Without ``may_take`` only idle models nobody waits for are candidates. With ``protect``
         (batch switches), enough must go that each interactive model in use could still load
-        next to the batch models left: a long batch generation never keeps it out."""
+        next to the batch models left: a long batch generation never keeps it out. With
+        ``preempt``, only models that are idle or serve nothing but preemptible calls."""
         spec = b.spec
         size = self._size(b, model)
         order = sorted(
             (
                 r
                 for r in b.runners.values()
-                if not r.loading and (may_take or (r.in_flight == 0 and not self._waiting.get(r.model)))
+                if not r.loading
+                and r.model not in keep
+                and (may_take or (r.in_flight == 0 and not self._waiting.get(r.model)))
+                and (not preempt or all(self._preemptible(b, j, now) for j in r.jobs))
             ),
-            key=lambda r: (self._evict_cost(b, r, now), r.in_flight, r.last_used),
+            # Preempting also costs the runs it aborts.
+            key=lambda r: (
+                self._evict_cost(b, r, now) + (self._ran(r, now) if preempt else 0.0),
+                r.in_flight,
+                r.last_used,
+            ),
         )
         hot = self._hot_interactive(b, now) - {model} if protect else set()
         victims: list[_Runner] = []
@@ -591,11 +700,68 @@ class Policy:
                 return victims
         return None
 
+    def _last_chance(self, job: Job) -> float:
+        return math.inf if job.max_wait is None else job.arrived + job.max_wait * self.settings.last_chance
+
+    def _urgent_at(self, job: Job) -> float:
+        """When a bounded request's switch happens whatever it costs (never for an unbounded one)."""
+        if job.max_wait is None:
+            return math.inf
+        share = 0.5 if job.priority == INTERACTIVE else self.settings.batch_urgency
+        return job.arrived + job.max_wait * share
+
+    @staticmethod
+    def _ran(r: _Runner, now: float) -> float:
+        """Seconds of work its calls have done: what preempting them throws away."""
+        return sum(now - (j.granted_at or now) for j in r.jobs)
+
+    def _remaining(self, r: _Runner, now: float) -> float:
+        """When the runner's calls should end, by the model's average service time (never, while
+        none has been seen: an interactive request does not bet its bound on a guess)."""
+        est = self._service_est.get(r.model, math.inf)
+        return max((est - (now - (j.granted_at or now)) for j in r.jobs), default=0.0)
+
+    def _preemptible(self, b: _Backend, job: Job, now: float) -> bool:
+        """A batch call not yet answering may be aborted if it can still start within its bound
+        after a reload and one more run of its model ahead of it (once, if it has no bound)."""
+        if not self.settings.preempt or not job.preemptible or job.started or job.priority != BATCH:
+            return False
+        if job.max_wait is None:
+            return not job.preempted
+        again = self.load_estimate(b.spec.name, job.model) + self._service_est.get(job.model, 0.0)
+        return now - job.arrived + again < job.max_wait
+
+    def _preempt(self, job: Job, b: _Backend, r: _Runner, now: float) -> None:
+        """Abort a running batch call and queue it again, first of its tenant's. Its bound
+        counts the time it waited here, not the time it ran."""
+        assert job.granted_at is not None
+        r.jobs.remove(job)
+        r.in_flight -= 1
+        r.last_used = now
+        b.in_flight -= 1
+        job.arrived += now - job.granted_at
+        job.backend = job.granted_at = None
+        job.unload = ()
+        job.loads = False
+        job.preempted += 1
+        self.preemptions += 1
+        b.preemptions += 1
+        self._queues.setdefault(job.model, {}).setdefault(job.tenant, deque()).appendleft(job)
+        self._waiting[job.model] = self._waiting.get(job.model, 0) + 1
+        self._by_tenant[job.tenant] = self._by_tenant.get(job.tenant, 0) + 1
+        if self._on_preempt is not None:
+            self._on_preempt(job, b.spec.name)
+
     def _hot_interactive(self, b: _Backend, now: float) -> set[str]:
         """Models interactive requests used lately (or wait for) that this backend serves."""
         hot = {m for m in self._interactive if self._recent(self._interactive, m, now) >= HOT}
-        hot.update(j.model for q in self._queues.values() for js in q.values() for j in js
-                   if j.priority == INTERACTIVE)
+        hot.update(
+            j.model
+            for q in self._queues.values()
+            for js in q.values()
+            for j in js
+            if j.priority == INTERACTIVE
+        )
         return {m for m in hot if not b.sizes or m in b.sizes}
 
     def _room_for(self, b: _Backend, model: str, victims: list[_Runner], hot: set[str]) -> bool:
@@ -646,6 +812,7 @@ class Policy:
         job.backend = b.spec.name
         job.granted_at = now
         r.in_flight += 1
+        r.jobs.append(job)
         r.last_used = now
         b.in_flight += 1
         self.grants += 1

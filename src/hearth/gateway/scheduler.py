@@ -6,6 +6,11 @@ armed for the policy's next deadline (a bound, an aging, a switch coming due) wh
 wait; nothing is armed on the fast path, where a request's model has a free slot and nobody
 waits for it. Discovery polls feed the policy what each backend has loaded.
 
+A batch call whose client reads the whole answer (no stream) is preemptible: the policy may
+abort it for an interactive request that cannot otherwise start within its bound. Its ticket's
+``preempted`` future then resolves, the dispatcher closes the upstream connection (Ollama stops
+generating), and ``resume`` waits for the call's next grant, first of its tenant's queue.
+
 Scheduling is per Hearth process: several processes behind one Ollama each keep their own
 queues (their sum of in-flight requests can exceed the server's slots).
 """
@@ -46,15 +51,30 @@ def backend_spec(cfg: BackendSettings) -> BackendSpec:
     )
 
 
-class Ticket:
-    """A slot on a backend, held from grant to release."""
+class _Wait:
+    """A request's link to the scheduler: the future its next grant resolves, and the ticket of
+    the grant it holds."""
 
-    __slots__ = ("_done", "_sched", "job")
+    __slots__ = ("fut", "ticket")
+
+    def __init__(self) -> None:
+        self.fut: asyncio.Future[None] | None = None
+        self.ticket: Ticket | None = None
+
+
+class Ticket:
+    """A slot on a backend, held from grant to release (or until the policy preempts it)."""
+
+    __slots__ = ("_done", "_sched", "job", "preempted")
 
     def __init__(self, sched: Scheduler, job: Job) -> None:
         self._sched = sched
         self.job = job
         self._done = False
+        # Resolves when the policy takes the slot back: the call must stop and wait again.
+        self.preempted: asyncio.Future[None] | None = (
+            asyncio.get_running_loop().create_future() if job.preemptible else None
+        )
 
     @property
     def backend(self) -> str:
@@ -128,9 +148,13 @@ class Scheduler:
                 horizon=s.horizon,
                 load_fixed=s.load_fixed,
                 load_bandwidth=s.load_gbps * 1e9,
+                preempt=s.preempt,
+                batch_urgency=s.batch_urgency,
+                session_gap=s.session_gap,
             ),
             self._granted,
             self._granted,
+            self._preempted,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -142,8 +166,12 @@ class Scheduler:
             self._loop = asyncio.get_running_loop()
         return self._loop.time()
 
-    async def acquire(self, who: Principal, model: str, backends: list[str], cost: float) -> Ticket:
-        """Wait for a slot on one of ``backends`` (in order of preference) for ``model``."""
+    async def acquire(
+        self, who: Principal, model: str, backends: list[str], cost: float, preemptible: bool = False
+    ) -> Ticket:
+        """Wait for a slot on one of ``backends`` (in order of preference) for ``model``.
+        ``preemptible``: the caller reads the whole answer before sending anything on, so the
+        call may be aborted and sent again (only a batch tenant's call ever is)."""
         p = who.policy
         job = Job(
             who.name,
@@ -154,20 +182,42 @@ class Scheduler:
             weight=p.weight,
             max_wait=p.max_wait,
             cost=max(cost, 1.0),
+            tag=_Wait(),
+            preemptible=preemptible,
         )
         policy = self.policy
         policy.submit(job, self.now())
         if job.backend is not None:
-            return Ticket(self, job)
+            return self._ticket(job)
         if policy.waiting(job.tenant) > p.max_queue or policy.waiting() > self.settings.scheduler.max_queue:
             policy.cancel(job, self.now())
             raise QueueFull(
-                f"too many requests waiting for a backend (tenant '{job.tenant}' may queue "
-                f"{p.max_queue})",
+                f"too many requests waiting for a backend (tenant '{job.tenant}' may queue {p.max_queue})",
                 self.expected_wait(job),
             )
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        job.tag = fut
+        job.tag.fut = asyncio.get_running_loop().create_future()
+        return await self._wait(job, model)
+
+    async def resume(self, ticket: Ticket, model: str) -> Ticket:
+        """The next grant of a preempted call."""
+        job = ticket.job
+        if job.backend is not None:
+            return self._ticket(job)  # granted again already
+        return await self._wait(job, model)
+
+    def abandon(self, ticket: Ticket) -> None:
+        """A preempted call had finished all the same: it will not be sent again."""
+        job = ticket.job
+        if job.backend is None:
+            self.policy.cancel(job, self.now())
+        elif job.tag.ticket is None:
+            self.policy.finish(job, self.now(), ok=True)  # its new grant was never used
+        self.arm()
+
+    async def _wait(self, job: Job, model: str) -> Ticket:
+        policy = self.policy
+        fut = job.tag.fut
+        assert fut is not None
         self.arm()
         try:
             await fut
@@ -181,11 +231,16 @@ class Scheduler:
             raise
         if job.dropped == "timeout":
             raise QueueTimeout(
-                f"waited {p.max_wait:g} s for a backend to serve '{model}'", self.expected_wait(job)
+                f"waited {job.max_wait:g} s for a backend to serve '{model}'", self.expected_wait(job)
             )
         if job.dropped is not None:
             raise NoBackend(f"no backend is available for model '{model}'")
-        return Ticket(self, job)
+        return self._ticket(job)
+
+    def _ticket(self, job: Job) -> Ticket:
+        ticket = Ticket(self, job)
+        job.tag.ticket = ticket
+        return ticket
 
     def unloaded(self, backend: str, model: str) -> None:
         """A client unloaded ``model`` on ``backend`` (keep_alive 0)."""
@@ -207,13 +262,27 @@ class Scheduler:
     def loads_by_backend(self) -> dict[str, int]:
         return self.policy.loads_by_backend()
 
+    def preemptions_by_backend(self) -> dict[str, int]:
+        return self.policy.preemptions_by_backend()
+
     # ---- callbacks and the timer -------------------------------------------------------------
 
     def _granted(self, job: Job) -> None:
         """The policy granted (or dropped) a queued job: wake its request."""
-        fut = job.tag
-        if isinstance(fut, asyncio.Future) and not fut.done():
+        fut = job.tag.fut
+        if fut is not None and not fut.done():
             fut.set_result(None)
+
+    def _preempted(self, job: Job, backend: str) -> None:
+        """The policy took a running call's slot back: stop it, and wait for the next grant."""
+        w: _Wait = job.tag
+        ticket, w.ticket = w.ticket, None
+        w.fut = asyncio.get_running_loop().create_future()
+        if ticket is not None:
+            ticket._done = True  # its release must not free the slot a second time
+            if ticket.preempted is not None and not ticket.preempted.done():
+                ticket.preempted.set_result(None)
+        log.info("preempted a %s call for %s on %s", job.tenant, job.model, backend)
 
     def arm(self) -> None:
         """Keep one timer for the policy's next deadline while requests wait."""

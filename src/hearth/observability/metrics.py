@@ -40,6 +40,8 @@ class SchedulerView(Protocol):
 
     def loads_by_backend(self) -> dict[str, int]: ...
 
+    def preemptions_by_backend(self) -> dict[str, int]: ...
+
 if TYPE_CHECKING:
     from hearth.gateway.records import RequestLog, Trace
 
@@ -245,11 +247,16 @@ class PoolCollector:
                 "Model loads the scheduler started on the backend (switches to a model not loaded).",
                 labels=b,
             ),
+            CounterMetricFamily(
+                "hearth_preemptions",
+                "Batch calls stopped on the backend for an interactive request, to be sent again.",
+                labels=b,
+            ),
         )
 
     def collect(self) -> Iterable[Metric]:
         families = self._families()
-        up, in_flight, loaded, loaded_bytes, breaker, queue, loads = families
+        up, in_flight, loaded, loaded_bytes, breaker, queue, loads, preemptions = families
         for s in self.pool.states:
             name = [s.name]
             up.add_metric(name, 1.0 if s.up else 0.0)
@@ -260,6 +267,8 @@ class PoolCollector:
             breaker.add_metric(name, 1.0 if s.breaker.state == "open" else 0.0)
         for backend, n in self.scheduler.loads_by_backend().items():
             loads.add_metric([backend], n)
+        for backend, n in self.scheduler.preemptions_by_backend().items():
+            preemptions.add_metric([backend], n)
         for model, n in self.scheduler.waiting_by_model().items():
             queue.add_metric([model], n)
         return families

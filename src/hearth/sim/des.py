@@ -58,8 +58,13 @@ class _Clock:
 class _Servers:
     """The Ollama models and their timers."""
 
-    def __init__(self, wl: Workload, clock: _Clock, on_start: Callable[[SimRequest, float], None],
-                 on_reject: Callable[[SimRequest, float], None]) -> None:
+    def __init__(
+        self,
+        wl: Workload,
+        clock: _Clock,
+        on_start: Callable[[SimRequest, float], None],
+        on_reject: Callable[[SimRequest, float], None],
+    ) -> None:
         self.clock = clock
         self.names = [f"ollama-{i + 1}" for i in range(wl.servers)]
         self.models = {n: OllamaModel(wl.server, wl.models, on_start, on_reject) for n in self.names}
@@ -96,10 +101,18 @@ def simulate(
         outcomes[req.id].started_at = now
         model = servers.models[str(req.tags["server"])]
         job = req.tags.get("job")
-        if isinstance(job, Job):
-            clock.at(now + model.prompt_seconds(req), lambda: pol.started(job, clock.now))
+        attempt = req.tags.get("attempt")
+        # Hearth sees the first byte after the prompt; without streaming, only with the answer.
+        streams = wl.tenants[outcomes[req.id].arrival.tenant].stream
+        first_byte = model.prompt_seconds(req) if streams else model.generation_seconds(req)
+
+        def first() -> None:
+            if isinstance(job, Job) and req.tags.get("attempt") == attempt:
+                pol.started(job, clock.now)
 
         def done() -> None:
+            if req.tags.get("attempt") != attempt:
+                return  # preempted: this run was aborted
             model.finish(req, clock.now)
             outcomes[req.id].finished_at = clock.now
             if isinstance(job, Job):
@@ -107,6 +120,7 @@ def simulate(
                 # What Ollama reports as load_duration: queueing and loading before the start.
                 pol.finish(job, clock.now, load_seconds=now - req.submitted_at if job.loads else None)
 
+        clock.at(now + first_byte, first)
         clock.at(now + model.generation_seconds(req), done)
 
     def on_reject(req: SimRequest, now: float) -> None:
@@ -122,6 +136,7 @@ def simulate(
         return SimRequest(i, a.model, a.prompt_tokens, a.output_tokens, tags={"server": server})
 
     if policy == "ollama":
+
         def arrive(i: int, a: Arrival) -> None:
             server = servers.names[tenant_names.index(a.tenant) % len(servers.names)]
             req = request(i, a, server)
@@ -142,6 +157,7 @@ def simulate(
             )
             for name in servers.names
         ]
+
         def grant(job: Job) -> None:
             assert job.backend is not None
             model = servers.models[job.backend]
@@ -150,20 +166,35 @@ def simulate(
             req: SimRequest = job.tag
             req.tags["server"] = job.backend
             req.tags["job"] = job
+            req.tags["attempt"] = job.preempted
             model.submit(req, clock.now)
+
+        def preempt(job: Job, backend: str) -> None:
+            # Hearth closes the connection: Ollama stops the generation (or drops the request
+            # from its queue), and the call is sent again when the policy grants it anew.
+            req: SimRequest = job.tag
+            o = outcomes[req.id]
+            if o.started_at is not None:
+                o.lost_s += clock.now - o.started_at
+            o.started_at = None
+            o.preempted += 1
+            req.tags["attempt"] = -1
+            servers.models[backend].cancel(req, clock.now)
+            req.started_at = req.finished_at = None
 
         def drop(job: Job) -> None:
             req: SimRequest = job.tag
             outcomes[req.id].rejected = "timed out"
 
-        pol = Policy(specs, settings or PolicySettings(), grant, drop)
+        pol = Policy(specs, settings or PolicySettings(), grant, drop, preempt)
         sizes = {m.name: m.size_gb * GB for m in wl.models.values()}
 
         def poll() -> None:
             for name, m in servers.models.items():
                 pol.observe(name, clock.now, True, sizes, {k: v * GB for k, v in m.loaded().items()})
-            if len(outcomes) < len(wl.arrivals) or any(o.finished_at is None and o.rejected is None
-                                                      for o in outcomes.values()):
+            if len(outcomes) < len(wl.arrivals) or any(
+                o.finished_at is None and o.rejected is None for o in outcomes.values()
+            ):
                 clock.at(clock.now + poll_s, poll)
 
         def arrive(i: int, a: Arrival) -> None:
@@ -183,6 +214,7 @@ def simulate(
                 max_wait=t.max_wait_s,
                 cost=a.prompt_tokens + a.output_tokens,
                 tag=req,
+                preemptible=a.priority == "batch" and not t.stream,
             )
             pol.submit(job, clock.now)
 

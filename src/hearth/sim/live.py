@@ -11,10 +11,12 @@ duration in Hearth's settings is divided by ``speed``. So what the servers repor
 load_duration, which Hearth learns its load estimates from) is on the clock Hearth runs on;
 the emulator's own compression would report simulated seconds to a gateway counting real ones.
 
-Clients replay the arrivals at ``t / speed`` real seconds with streamed POST /api/generate
-calls. A request's start (prompt evaluation begins, as des.py measures waits) is its first
-streamed token minus what the server spent before sending it: the prompt and the tokens of
-that first line. Times are converted back to simulated seconds.
+Clients replay the arrivals at ``t / speed`` real seconds with POST /api/generate calls,
+streamed unless the tenant's client does not stream (``stream: false``, which lets Hearth
+preempt its batch calls). A request's start (prompt evaluation begins, as des.py measures
+waits) is its first streamed token minus what the server spent before sending it: the prompt
+and the tokens of that first line; without a stream, the answer's arrival minus its service
+time (a stopped run starts again from scratch). Times are converted back to simulated seconds.
 
 Everything shares one event loop: servers, Hearth and clients. That keeps them on one clock
 and off the GIL's 5 ms switch interval, but lets a busy callback delay the others, so the loop
@@ -36,6 +38,7 @@ from dataclasses import dataclass
 import aiohttp
 import anyio.lowlevel
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 
 from hearth.app import create_app
 from hearth.gateway.auth import Authenticator
@@ -70,6 +73,7 @@ class LiveResult:
     loads_by_server: list[int]  # model loads each emulated server did
     loop_lag_p99_s: float  # real seconds the event loop ran late, while the trace played
     loop_lag_max_s: float
+    preemptions: int = 0  # calls Hearth stopped to send again (its hearth_preemptions_total)
 
     @property
     def loads(self) -> int:
@@ -95,6 +99,8 @@ async def run_live(
     # One line of streamed tokens per simulated second, as the emulator sends by default.
     emulators = [EmulatedOllama(server, models, 1.0, 1.0 / speed) for _ in range(workload.servers)]
     targets: dict[str, tuple[str, Mapping[str, str]]]
+    gateway: str | None = None
+    preemptions = 0
     async with contextlib.AsyncExitStack() as stack:
         urls = []
         for emulator in emulators:
@@ -107,8 +113,8 @@ async def run_live(
             data_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="hearth-sim-"))
             settings = gateway_settings(workload, urls, speed, data_dir, scheduler)
             keys = _create_keys(settings, workload.tenants)
-            url = await stack.enter_async_context(_serve(settings))
-            targets = {t: (url, {"Authorization": f"Bearer {key}"}) for t, key in keys.items()}
+            gateway = await stack.enter_async_context(_serve(settings))
+            targets = {t: (gateway, {"Authorization": f"Bearer {key}"}) for t, key in keys.items()}
         session = await stack.enter_async_context(
             aiohttp.ClientSession(
                 # Unlimited: the connector must not queue requests that Ollama or Hearth would.
@@ -124,12 +130,15 @@ async def run_live(
             probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await probe
+        if gateway is not None:
+            preemptions = await _preemptions(session, gateway)
     return LiveResult(
         policy,
         outcomes,
         [e.model.loads for e in emulators],
         loop_lag_p99_s=percentile(lags, 99) or 0.0,
         loop_lag_max_s=max(lags, default=0.0),
+        preemptions=preemptions,
     )
 
 
@@ -200,6 +209,9 @@ def gateway_settings(
             load_fixed=sched.load_fixed / speed,
             load_gbps=sched.load_gbps * speed,
             max_queue=max(sched.max_queue, len(workload.arrivals)),
+            preempt=sched.preempt,
+            batch_urgency=sched.batch_urgency,
+            session_gap=sched.session_gap / speed,
         ),
     )
 
@@ -246,6 +258,20 @@ async def _serve(settings: Settings) -> AsyncIterator[str]:
         await task
 
 
+async def _preemptions(session: aiohttp.ClientSession, url: str) -> int:
+    """What the gateway's /metrics count of preempted calls says, over all backends."""
+    async with session.get(url + "/metrics") as resp:
+        text = await resp.text()
+    return round(
+        sum(
+            s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == "hearth_preemptions_total"
+        )
+    )
+
+
 async def _probe_lag(lags: list[float]) -> None:
     loop = asyncio.get_running_loop()
     while True:
@@ -278,7 +304,8 @@ async def _replay(
             if delay > 0:
                 await asyncio.sleep(delay)
             url, headers = targets[a.tenant]
-            call = _call(session, url, headers, workload.models[a.model], outcome, now)
+            stream = workload.tenants[a.tenant].stream
+            call = _call(session, url, headers, workload.models[a.model], outcome, now, stream)
             tasks.append(asyncio.create_task(call))
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
@@ -299,18 +326,27 @@ async def _call(
     model: ModelSpec,
     out: Outcome,
     now: Callable[[], float],
+    stream: bool = True,
 ) -> None:
     a: Arrival = out.arrival
     body = {
         "model": a.model,
         "prompt": "x" * (4 * a.prompt_tokens),  # the emulator counts a token per 4 characters
-        "stream": True,
+        "stream": stream,
         "options": {"num_predict": a.output_tokens},
     }
     try:
         async with session.post(url + "/api/generate", json=body, headers=headers) as resp:
             if resp.status != 200:
                 out.rejected = _refusal(resp.status, _message(await resp.read()))
+                return
+            if not stream:
+                whole = json.loads(await resp.read())
+                if "error" in whole:
+                    out.rejected = f"error: {whole['error']}"
+                    return
+                out.finished_at = now()
+                out.started_at = max(a.t, out.finished_at - out.service_s)
                 return
             async for raw in resp.content:
                 if not raw.strip():

@@ -29,6 +29,8 @@ class Outcome:
     finished_at: float | None
     service_s: float  # its own prompt eval + generation on an idle loaded runner
     rejected: str | None = None  # "queue full", "timed out", "server busy"...
+    preempted: int = 0  # runs aborted for an interactive request, then sent again
+    lost_s: float = 0.0  # service time those runs had used
 
     @property
     def wait_s(self) -> float | None:
@@ -72,6 +74,10 @@ def summarize(
     above its max_wait_s, including requests rejected as timed out. ``jain_fairness`` is Jain's
     index over tenants of mean(service) / mean(service + wait) of their completed requests: the
     inverse of their slowdown, so 1.0 means every tenant was slowed down alike.
+
+    A preempted request's wait runs to the start of the run that completed, so it includes the
+    run that was stopped; ``preempted`` counts stops, ``preempted_work_s`` the generation they
+    threw away.
     """
     names = sorted(set(tenants) | {o.arrival.tenant for o in outcomes})
     done = [o for o in outcomes if o.completed]
@@ -121,6 +127,8 @@ def summarize(
         "rejected_by_tenant": {n: sum(1 for o in rejected if o.arrival.tenant == n) for n in names},
         "over_bound": over,
         "jain_fairness": None if jain is None else round(jain, 4),
+        "preempted": sum(o.preempted for o in outcomes),
+        "preempted_work_s": _r(sum(o.lost_s for o in outcomes)),
     }
 
 
@@ -159,7 +167,7 @@ def render_table(rows: Sequence[Mapping[str, object]]) -> str:
     """One line per policy, then each tenant's worst wait per policy against its bound."""
     header = [
         "policy", "loads", "int p50", "int p95", "int p99", "batch/h", "total/h",
-        "max wait (tenant)", "Jain", "makespan", "rejected",
+        "max wait (tenant)", "Jain", "makespan", "rejected", "preempted",
     ]  # fmt: skip
     lines = []
     for row in rows:
@@ -176,6 +184,7 @@ def render_table(rows: Sequence[Mapping[str, object]]) -> str:
             _fmt(row.get("jain_fairness"), digits=3),
             _fmt(row.get("makespan_s"), digits=0),
             _fmt(row.get("rejected")),
+            _fmt(row.get("preempted")),
         ])  # fmt: skip
     out = [_grid([header, *lines], numeric_from=1)]
 

@@ -20,6 +20,8 @@ arrivals as they were; the same seed gives the same arrivals::
         weight: 1.0           # share in Hearth's weighted fair queueing
         max_wait_s: 60        # the queue wait Hearth must keep this tenant under (optional)
         max_queue: 50         # the longest queue Hearth keeps for it (optional)
+        stream: true          # its client streams (the default); a batch client that does not
+                              # may have a run aborted for an interactive request, and resent
         traffic:
           - kind: sessions    # a person chatting: Poisson session starts, messages think_s apart
             model: llama3.1:8b
@@ -93,6 +95,7 @@ class TenantSpec:
     weight: float = 1.0  # share in Hearth's weighted fair queueing
     max_wait_s: float | None = None  # the bound on queue wait Hearth must keep for this tenant
     max_queue: int | None = None  # longest queue Hearth keeps for this tenant
+    stream: bool = True  # its client streams; if not, Hearth may abort and resend its batch calls
 
 
 @dataclass(slots=True, frozen=True)
@@ -229,6 +232,7 @@ class _Tenant(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     weight: _PosFloat = 1.0
     max_wait_s: _PosFloat | None = None
     max_queue: _PosInt | None = None
+    stream: bool = True
     traffic: list[_AnyTraffic] = msgspec.field(default_factory=list)
 
 
@@ -299,7 +303,9 @@ class _Loader:
             spec = self.convert(raw, _Tenant, key)
             for i, entry in enumerate(spec.traffic):
                 self.check_traffic(f"{key}.traffic[{i}]", entry, models)
-            tenants[name] = TenantSpec(name, spec.priority, spec.weight, spec.max_wait_s, spec.max_queue)
+            tenants[name] = TenantSpec(
+                name, spec.priority, spec.weight, spec.max_wait_s, spec.max_queue, spec.stream
+            )
             traffic[name] = spec.traffic
 
         arrivals: list[Arrival] = []
