@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import math
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hearth.gateway.policy import BATCH, HOT, INTERACTIVE, BackendSpec, Job, Policy, PolicySettings
+from hearth.gateway.policy import BATCH, INTERACTIVE, BackendSpec, Job, Policy, PolicySettings
 
 GB = 1e9
 
@@ -321,15 +319,13 @@ def test_an_interactive_request_preempts_a_batch_call_that_can_be_sent_again() -
     assert meal.backend is None and meal.preempted == 1 and h.policy.waiting("meal") == 1
     assert meal.arrived == 40.0  # its 40 s on the backend do not count against its bound
     assert h.policy.preemptions == 1
-    # The voice model is in use: the meal call leaves it loaded until its count of arrivals
-    # decays below HOT (one arrival at 40 s: horizon * ln 2 later), then reloads.
+    # The voice model just served a turn: the meal call waits out the session gap, then reloads.
     h.policy.finish(voice, 50.0)
-    cooled = 40.0 + PolicySettings().horizon * math.log(1 / HOT)
-    h.policy.pump(cooled - 1)
+    gap = PolicySettings().session_gap
+    h.policy.pump(50.0 + gap - 1)
     assert meal.backend is None
-    cooled = h.policy.next_deadline(cooled - 1)
-    assert cooled == pytest.approx(40.0 + PolicySettings().horizon * math.log(1 / HOT))
-    h.policy.pump(cooled)
+    assert h.policy.next_deadline(50.0 + gap - 1) == 50.0 + gap
+    h.policy.pump(50.0 + gap)
     assert meal.backend == "b" and meal.loads and meal.unload == ("voice",)
 
 
@@ -384,3 +380,19 @@ def test_a_call_that_could_not_start_within_its_bound_after_a_reload_is_not_pree
     meal = short.job("big", 0.0, tenant="meal", priority=BATCH, max_wait=10.0, preemptible=True)
     voice = short.job("voice", 1.0, tenant="ha", max_wait=30.0)
     assert short.preempted == [] and voice.backend is None
+
+
+def test_a_poll_taken_before_an_unload_landed_does_not_bring_the_victim_back() -> None:
+    h = Harness(BackendSpec("b", max_loaded=1))
+    h.loaded("b", {"old": 5 * GB}, also=("new",))
+    switch = h.job("new", 0.0)
+    assert switch.unload == ("old",)
+    # The backend has not unloaded "old" yet when the next poll runs.
+    h.policy.observe("b", 1.0, True, {"old": 5 * GB, "new": 5 * GB}, {"old": 5 * GB})
+    again = h.job("old", 2.0, priority=BATCH)
+    assert again.backend is None  # not sent to a model that is on its way out
+    assert [m["model"] for m in h.policy.snapshot(2.0)["backends"][0]["models"]] == ["new"]
+    # Once a poll no longer lists it, a later listing (another client loaded it) is believed.
+    h.policy.observe("b", 3.0, True, {"old": 5 * GB, "new": 5 * GB}, {"new": 5 * GB})
+    h.policy.observe("b", 4.0, True, {"old": 5 * GB, "new": 5 * GB}, {"new": 5 * GB, "old": 5 * GB})
+    assert {m["model"] for m in h.policy.snapshot(4.0)["backends"][0]["models"]} == {"new", "old"}

@@ -35,12 +35,12 @@ The policy, in the order it is applied each time anything changes:
    the waiting request sent. Batch work evicts only idle models nobody waits for. Batch work
    that cannot be preempted (rule 6) also leaves room for the interactive models in use (each
    could still load next to the batch models that stay, by the backend's fit rule), so a long
-   batch generation never locks an interactive model out; batch work that can be preempted may
-   fill that room, but leaves the interactive models in use loaded. Until the last
-   ``last_chance`` of its bound, batch work also leaves alone a model that finished an
-   interactive request within ``session_gap`` seconds: the next turn of a conversation is
-   likely. One switch at a time per backend, as Ollama loads one model at a time; switches that
-   cannot wait go first, earliest deadline first.
+   batch generation never locks an interactive model out; batch work that can be preempted
+   may fill that room, since an interactive request would preempt it. Until ``last_chance``
+   of its bound has passed, batch work leaves alone a model that finished an interactive
+   request within ``session_gap`` seconds: the next turn of a conversation is likely. One
+   switch at a time per backend, as Ollama loads one model at a time; switches that cannot
+   wait go first, earliest deadline first.
 6. **Bounded waits.** A request that has waited half its tenant's ``max_wait`` (a batch one:
    ``batch_urgency`` of it) is urgent: its switch happens whatever its cost, and may take any
    model; at ``max_wait`` it is dropped (503 with Retry-After). Batch requests age into
@@ -78,6 +78,7 @@ from typing import Any
 INTERACTIVE = 0
 BATCH = 1
 HOT = 0.5  # an interactive model is "in use" while its decaying count of arrivals is above this
+UNLOAD_GRACE = 30.0  # seconds a poll may still list a model the policy unloaded
 
 
 @dataclass(slots=True, frozen=True)
@@ -164,6 +165,9 @@ class _Backend:
     switching: str | None = None  # a model being loaded (granted, no first byte yet)
     switch_ends: float = 0.0  # when that load should be done, by the estimate
     loads: int = 0  # switches started here
+    # Models this policy evicted (-> when): a poll taken before the unload landed still lists
+    # them, and must not bring them back.
+    unloading: dict[str, float] = field(default_factory=dict)
     preemptions: int = 0  # calls stopped here to be sent again
 
     def used(self) -> float:
@@ -220,9 +224,14 @@ class Policy:
         b.up = up
         if up:
             b.sizes = dict(sizes)
+            for model in list(b.unloading):
+                if model not in loaded or now - b.unloading[model] >= UNLOAD_GRACE:
+                    del b.unloading[model]  # gone; or the unload failed: believe the backend
             for model, size in loaded.items():
                 if size:
                     b.memory[model] = size
+                if model in b.unloading:
+                    continue
                 r = b.runners.get(model)
                 if r is None:
                     b.runners[model] = _Runner(model, size, last_used=now)
@@ -604,6 +613,8 @@ class Policy:
             self._remove(job)
             for v in victims:
                 del b.runners[v.model]
+                b.unloading[v.model] = now
+            b.unloading.pop(model, None)
             job.unload = tuple(v.model for v in victims)
             r = _Runner(model, self._size(b, model), loading=True, last_used=now)
             b.runners[model] = r
@@ -624,18 +635,14 @@ class Policy:
 
         Only an interactive or urgent request may take a model others wait for or still use.
         Batch work that cannot be preempted keeps room for the interactive models in use; batch
-        work that can need not (an interactive request would preempt it), but it leaves the
-        interactive models in use loaded. Until its last chance, batch work also leaves alone a
-        model that finished an interactive request within ``session_gap``: the next turn of a
-        conversation is likely."""
+        work that can need not: an interactive request would preempt it. Until its last chance,
+        batch work leaves alone a model that finished an interactive request within
+        ``session_gap``: the next turn of a conversation is likely."""
         fills = self.settings.preempt and all(j.preemptible for j in jobs)
         keep: set[str] = set()
-        if not interactive:
-            if not urgent and fills:
-                keep = self._hot_interactive(b, now)
-            if not any(now >= self._last_chance(j) for j in jobs):
-                gap = self.settings.session_gap
-                keep |= {m for m, t in self._served.items() if now - t < gap}
+        if not interactive and not any(now >= self._last_chance(j) for j in jobs):
+            gap = self.settings.session_gap
+            keep = {m for m, t in self._served.items() if now - t < gap}
         protect = not (interactive or urgent) and not fills
         victims = self._victims(b, model, now, urgent or interactive, protect=protect, keep=keep)
         if victims is None or not any(v.in_flight for v in victims):
