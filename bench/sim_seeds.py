@@ -1,0 +1,134 @@
+"""The scheduler comparison (`hearth sim`) over many draws of the reference workload.
+
+One seed is one hour of traffic; a policy tuned on seed 42 alone can be lucky. This runs the
+discrete-event comparison for each seed and prints, per seed and in total: model loads, the
+interactive p95 wait, the throughput ratio (hearth / ollama, completions per hour of
+makespan), requests over their bound under each policy, and calls Hearth preempted.
+
+"Own queue" is a yardstick for the bound: the requests that would miss their bound even if
+every model stayed loaded on runners of its own (``num_parallel`` slots, first come first
+served, a request given up at its bound). Those misses come from a model's own traffic (two
+Home Assistant turns at once on one slot), which no choice of what to load can avoid.
+
+    .venv/bin/python bench/sim_seeds.py                  # seeds 42 and 1-20
+    .venv/bin/python bench/sim_seeds.py --seeds 1-6 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import statistics
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from hearth.sim.des import simulate
+from hearth.sim.report import summarize
+from hearth.sim.workload import Workload, reference_workload, service_seconds
+
+
+def own_queue_misses(wl: Workload) -> int:
+    """Requests over their bound with every model always loaded on its own runner."""
+    free: dict[str, list[float]] = defaultdict(lambda: [0.0] * wl.server.num_parallel)
+    missed = 0
+    for a in sorted(wl.arrivals, key=lambda a: a.t):
+        slots = free[a.model]
+        start = max(a.t, slots[0])
+        bound = wl.tenants[a.tenant].max_wait_s
+        if bound is not None and start - a.t > bound:
+            missed += 1  # given up at its bound: it takes no slot
+            continue
+        service = service_seconds(wl.models[a.model], a.prompt_tokens, a.output_tokens)
+        heapq.heapreplace(slots, start + service)
+    return missed
+
+
+@dataclass(slots=True)
+class Row:
+    seed: int
+    requests: int
+    loads: tuple[int, int]  # ollama, hearth
+    interactive_p95_s: tuple[float, float]
+    throughput_ratio: float  # hearth / ollama
+    over_bound: tuple[int, int]
+    own_queue: int
+    preempted: int
+
+
+def seed_row(seed: int) -> Row:
+    wl = reference_workload(seed=seed)
+    rows: dict[str, dict[str, Any]] = {}
+    preempted = 0
+    for policy in ("ollama", "hearth"):
+        result = simulate(wl, policy)
+        rows[policy] = summarize(policy, result.outcomes, result.loads, wl.tenants)
+        if policy == "hearth":
+            preempted = sum(o.preempted for o in result.outcomes)
+    o, h = rows["ollama"], rows["hearth"]
+    return Row(
+        seed,
+        len(wl.arrivals),
+        (o["model_loads"], h["model_loads"]),
+        (o["interactive_wait_p95_s"], h["interactive_wait_p95_s"]),
+        round(h["throughput_per_h"] / o["throughput_per_h"], 3),
+        (sum(o["over_bound"].values()), sum(h["over_bound"].values())),
+        own_queue_misses(wl),
+        preempted,
+    )
+
+
+def parse_seeds(text: str) -> list[int]:
+    seeds: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        seeds.extend(range(int(lo), int(hi) + 1) if hi else [int(lo)])
+    return seeds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", default="42,1-20", help="e.g. 42,1-20 (default)")
+    ap.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    args = ap.parse_args()
+    rows = [seed_row(s) for s in parse_seeds(args.seeds)]
+    ratios = [r.throughput_ratio for r in rows]
+    loads = (sum(r.loads[0] for r in rows), sum(r.loads[1] for r in rows))
+    over = (sum(r.over_bound[0] for r in rows), sum(r.over_bound[1] for r in rows))
+    summary = {
+        "seeds": len(rows),
+        "loads": loads,
+        "loads_ratio": round(loads[0] / loads[1], 2),
+        "over_bound": over,
+        "seeds_over_bound": sum(1 for r in rows if r.over_bound[1]),
+        "own_queue": sum(r.own_queue for r in rows),
+        "preempted": sum(r.preempted for r in rows),
+        "throughput_ratio_mean": round(statistics.mean(ratios), 3),
+        "throughput_ratio_min": min(ratios),
+        "seeds_throughput_below_1": sum(1 for x in ratios if x < 1),
+    }
+    if args.json:
+        print(json.dumps({"rows": [asdict(r) for r in rows], "summary": summary}, indent=2))
+        return
+    print(
+        "seed  requests  loads o -> h  int p95 o -> h (s)  throughput h/o  "
+        "over bound o -> h  own queue  preempted"
+    )
+    for r in rows:
+        print(
+            f"{r.seed:>4}  {r.requests:>8}  {r.loads[0]:>5} -> {r.loads[1]:<4}  "
+            f"{r.interactive_p95_s[0]:>7.1f} -> {r.interactive_p95_s[1]:<7.1f}  {r.throughput_ratio:>14.3f}  "
+            f"{r.over_bound[0]:>9} -> {r.over_bound[1]:<5}  {r.own_queue:>9}  {r.preempted:>9}"
+        )
+    print(
+        f"\n{len(rows)} seeds: loads {loads[0]} -> {loads[1]} ({summary['loads_ratio']}x fewer); "
+        f"over bound {over[0]} -> {over[1]} in {summary['seeds_over_bound']} seeds "
+        f"(own queue alone: {summary['own_queue']}); throughput h/o mean {summary['throughput_ratio_mean']}, "
+        f"min {summary['throughput_ratio_min']}, below 1 on {summary['seeds_throughput_below_1']}; "
+        f"{summary['preempted']} calls preempted"
+    )
+
+
+if __name__ == "__main__":
+    main()
