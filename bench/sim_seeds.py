@@ -12,6 +12,7 @@ Home Assistant turns at once on one slot), which no choice of what to load can a
 
     .venv/bin/python bench/sim_seeds.py                  # seeds 42 and 1-20
     .venv/bin/python bench/sim_seeds.py --seeds 1-6 --json
+    .venv/bin/python bench/sim_seeds.py --no-preempt   # the same policy without preemption
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from hearth.gateway.policy import PolicySettings
 from hearth.sim.des import simulate
 from hearth.sim.report import summarize
 from hearth.sim.workload import Workload, reference_workload, service_seconds
@@ -57,12 +59,12 @@ class Row:
     preempted: int
 
 
-def seed_row(seed: int) -> Row:
+def seed_row(seed: int, settings: PolicySettings | None = None) -> Row:
     wl = reference_workload(seed=seed)
     rows: dict[str, dict[str, Any]] = {}
     preempted = 0
     for policy in ("ollama", "hearth"):
-        result = simulate(wl, policy)
+        result = simulate(wl, policy, settings)
         rows[policy] = summarize(policy, result.outcomes, result.loads, wl.tenants)
         if policy == "hearth":
             preempted = sum(o.preempted for o in result.outcomes)
@@ -91,8 +93,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", default="42,1-20", help="e.g. 42,1-20 (default)")
     ap.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    ap.add_argument("--no-preempt", action="store_true", help="Hearth's policy with preemption off")
     args = ap.parse_args()
-    rows = [seed_row(s) for s in parse_seeds(args.seeds)]
+    settings = PolicySettings(preempt=not args.no_preempt)
+    rows = [seed_row(s, settings) for s in parse_seeds(args.seeds)]
     ratios = [r.throughput_ratio for r in rows]
     loads = (sum(r.loads[0] for r in rows), sum(r.loads[1] for r in rows))
     over = (sum(r.over_bound[0] for r in rows), sum(r.over_bound[1] for r in rows))
