@@ -649,7 +649,7 @@ scheduler:                 # fair, model-aware queues in front of each backend (
   load_fixed: 2            # load time estimate until one is observed: load_fixed + size / load_gbps
   load_gbps: 2
   max_queue: 1024          # requests waiting in all
-  preempt: true            # an interactive request may stop a batch call that does not stream (sent again later)
+  preempt: true            # an interactive request may stop a batch call that does not stream (resent later)
   batch_urgency: 0.6       # share of its max_wait after which a batch request switches whatever it costs
   session_gap: 60          # seconds batch work leaves a model alone after an interactive turn
 
