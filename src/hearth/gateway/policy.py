@@ -147,11 +147,14 @@ class Job:
 class _Runner:
     model: str
     size: float
-    in_flight: int = 0
     loading: bool = False  # granted a load; no first byte yet
     last_used: float = 0.0
     draining: bool = False
     jobs: list[Job] = field(default_factory=list)  # in flight here
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.jobs)
 
 
 @dataclass(slots=True)
@@ -257,10 +260,8 @@ class Policy:
                     if r is not None and not r.draining and r.in_flight < b.spec.slots_per_model:
                         self._grant(job, b, r, now)
                         return
-        self._queues.setdefault(job.model, {}).setdefault(job.tenant, deque()).append(job)
         job.position = ahead + 1
-        self._waiting[job.model] = ahead + 1
-        self._by_tenant[job.tenant] = self._by_tenant.get(job.tenant, 0) + 1
+        self._enqueue(job)
         self.pump(now)
 
     def cancel(self, job: Job, now: float) -> None:
@@ -301,10 +302,9 @@ class Policy:
             old = self._service_est.get(job.model)
             self._service_est[job.model] = took if old is None else 0.8 * old + 0.2 * took
         if r is not None:
-            r.in_flight -= 1
-            r.last_used = now
             if job in r.jobs:
                 r.jobs.remove(job)
+            r.last_used = now
             if job.loads and not job.started:
                 # The load did not complete: the model may not be there.
                 r.loading = False
@@ -743,7 +743,6 @@ class Policy:
         counts the time it waited here, not the time it ran."""
         assert job.granted_at is not None
         r.jobs.remove(job)
-        r.in_flight -= 1
         r.last_used = now
         b.in_flight -= 1
         job.arrived += now - job.granted_at
@@ -753,9 +752,7 @@ class Policy:
         job.preempted += 1
         self.preemptions += 1
         b.preemptions += 1
-        self._queues.setdefault(job.model, {}).setdefault(job.tenant, deque()).appendleft(job)
-        self._waiting[job.model] = self._waiting.get(job.model, 0) + 1
-        self._by_tenant[job.tenant] = self._by_tenant.get(job.tenant, 0) + 1
+        self._enqueue(job, first=True)
         if self._on_preempt is not None:
             self._on_preempt(job, b.spec.name)
 
@@ -818,7 +815,6 @@ class Policy:
     def _grant(self, job: Job, b: _Backend, r: _Runner, now: float) -> None:
         job.backend = b.spec.name
         job.granted_at = now
-        r.in_flight += 1
         r.jobs.append(job)
         r.last_used = now
         b.in_flight += 1
@@ -855,6 +851,16 @@ class Policy:
     def _jobs(self, model: str) -> Iterable[Job]:
         for q in self._queues.get(model, {}).values():
             yield from q
+
+    def _enqueue(self, job: Job, first: bool = False) -> None:
+        """Queue ``job`` last of its tenant's requests for its model (``first``: ahead of them)."""
+        q = self._queues.setdefault(job.model, {}).setdefault(job.tenant, deque())
+        if first:
+            q.appendleft(job)
+        else:
+            q.append(job)
+        self._waiting[job.model] = self._waiting.get(job.model, 0) + 1
+        self._by_tenant[job.tenant] = self._by_tenant.get(job.tenant, 0) + 1
 
     def _remove(self, job: Job) -> bool:
         tenants = self._queues.get(job.model)
