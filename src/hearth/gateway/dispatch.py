@@ -107,7 +107,7 @@ class _Lease:
     @property
     def preempted(self) -> bool:
         """The scheduler stopped this call to send it again later: its trace goes on."""
-        fut = getattr(self.ticket, "preempted", None)
+        fut = self.ticket.preempted
         return fut is not None and fut.done()
 
     def settle(self, ok: bool | None) -> None:
@@ -458,14 +458,8 @@ class Gateway:
             if preempted.done():
                 self.scheduler.abandon(ticket)  # it ended just as it was preempted
             return task.result()
-        task.cancel()
+        task.cancel()  # the scheduler logged the preemption
         await asyncio.wait((task,))
-        log.info(
-            "%s call for %s preempted on %s; it waits to be sent again",
-            call.principal.name,
-            target.model,
-            state.name,
-        )
         return None
 
     async def _whole(

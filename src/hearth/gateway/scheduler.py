@@ -121,6 +121,7 @@ class FreeTicket:
 
     __slots__ = ("backend",)
     loads = False
+    preempted: asyncio.Future[None] | None = None  # never stopped
     unload: tuple[str, ...] = ()
     position = 0
     waited = 0.0
