@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -17,6 +19,9 @@ from hearth.gateway.tenants import TenantPolicies
 from hearth.settings import EXAMPLE_CONFIG, Settings, load_settings
 from hearth.store.db import Store
 from hearth.store.schema import USAGE_GROUPS
+
+if TYPE_CHECKING:
+    from hearth.sim.floor import Floor
 
 DEFAULT_CONFIG = Path("hearth.yaml")
 
@@ -339,6 +344,13 @@ def usage(config_path: Path | None, since: str, by: str, tenant: str | None, as_
     type=click.FloatRange(min=0, min_open=True),
     help="With --live: simulated seconds per real second  [default: 100]",
 )
+@click.option(
+    "--floor",
+    "floor_s",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Also solve for the fewest loads any scheduler meeting every bound could make on this trace, "
+    "spending at most this many seconds (needs OR-Tools, in the dev extra).",
+)
 def sim(
     workload_path: Path | None,
     seed: int | None,
@@ -346,6 +358,7 @@ def sim(
     as_json: bool,
     live: bool,
     speed: float | None,
+    floor_s: float | None,
 ) -> None:
     """Replay a workload against Ollama alone and through Hearth's scheduler, and compare.
 
@@ -382,6 +395,14 @@ def sim(
         simulated = [simulate(wl, policy) for policy in POLICIES]
         rows = [summarize(r.policy, r.outcomes, r.loads, wl.tenants) for r in simulated]
     verdict = compare(rows[0], rows[1])
+    floor = None
+    if floor_s is not None:
+        from hearth.sim.floor import loads_floor
+
+        try:
+            floor = loads_floor(wl, time_limit=floor_s)
+        except ImportError as exc:
+            raise click.ClickException(f"--floor needs OR-Tools: pip install ortools ({exc})") from exc
 
     if as_json:
         out: dict[str, object] = {
@@ -395,6 +416,8 @@ def sim(
         if live:
             out["speed"] = speed
             out["loop_lag_s"] = lags
+        if floor is not None:
+            out["loads_floor"] = dataclasses.asdict(floor)
         click.echo(json.dumps(out, indent=2))
         return
     click.echo(
@@ -406,6 +429,8 @@ def sim(
     click.echo(f"targets ({verdict['candidate']} against {verdict['baseline']}):")
     for line in _sim_targets(verdict):
         click.echo("  " + line)
+    if floor is not None:
+        click.echo("\n" + _floor_line(floor, rows[0]))
     if live:
         assert speed is not None
         # Every timer fires this late at worst: the live run's error, in simulated seconds.
@@ -447,6 +472,25 @@ def _sim_targets(verdict: dict[str, object]) -> list[str]:
         f"{label:<{width}}  {'met' if targets.get(key) else 'not met':<7}  {detail}"
         for key, label, detail in checks
     ]
+
+
+def _floor_line(floor: Floor, baseline: dict[str, object]) -> str:
+    """What the floor says of the loads target, in a sentence."""
+    took = f"{floor.seconds:.0f} s"
+    if floor.feasible is False:
+        return f"loads floor: no schedule meets every bound on this trace (proven in {took})"
+    if floor.loads is None:
+        return f"loads floor: at least {floor.bound}; no plan meeting every bound found in {took}"
+    base = baseline.get("model_loads")
+    best = (
+        f"; at best {base / floor.bound:.2f}x fewer than {baseline['policy']}"
+        if isinstance(base, int)
+        else ""
+    )
+    if floor.optimal:
+        proof = f"proven in {took}: no scheduler meeting every bound loads fewer{best}"
+        return f"loads floor: {floor.bound} ({proof})"
+    return f"loads floor: at least {floor.bound}, a plan with {floor.loads} found in {took}{best}"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -118,3 +118,23 @@ def test_speed_without_live_is_a_usage_error() -> None:
     result = run("--speed", "50")
     assert result.exit_code == 2
     assert "--speed applies only with --live" in result.output
+
+
+def test_floor_adds_the_fewest_loads_any_scheduler_could_make(tmp_path: Path) -> None:
+    """SMALL holds one model at a time and its batch tenant has no bound: the floor is solved
+    to optimality, and it is never above either policy's loads (Hearth meets every bound)."""
+    path = tmp_path / "small.yaml"
+    path.write_text(SMALL)
+    data = run_json("--workload", str(path), "--floor", "30")
+    floor = data["loads_floor"]
+    assert floor["optimal"] and floor["feasible"] and floor["bound"] == floor["loads"]
+    hearth = data["policies"][1]
+    assert not any(hearth["over_bound"].values())
+    assert 2 <= floor["bound"] <= hearth["model_loads"]
+    stays = floor["plan"]["ollama-1"]
+    assert set(stays) == {"a:1b", "b:4b"}
+    assert sum(len(s) for s in stays.values()) == floor["loads"]
+
+    text = run("--workload", str(path), "--floor", "30")
+    assert text.exit_code == 0, text.output
+    assert f"loads floor: {floor['bound']} (proven in " in text.stdout
