@@ -125,6 +125,22 @@ def test_an_interactive_request_drains_a_busy_model_then_switches() -> None:
     assert chat.backend == "b" and chat.unload == ("m",) and more.backend is None
 
 
+def test_a_switch_evicts_the_cheapest_set_that_makes_room_not_the_cheapest_models_in_turn() -> None:
+    """48 GB, three models at most, Ollama's 80 % fit rule: phi4 (10.1 GB) needs one of the
+    three to go, and evicting qwen leaves room (10.1 <= 0.8 * 15). Evicting llama, the
+    cheapest to reload, would leave too little (0.8 * 10.5), so taking models cheapest first
+    would evict llama and then qwen: a reload of llama for nothing."""
+    h = Harness()
+    sizes = {"mixtral": 27.5 * GB, "llama": 5.5 * GB, "qwen": 10.0 * GB}
+    h.policy.observe("b", 0.0, True, {**sizes, "phi4": 10.1 * GB}, sizes)
+    for model in sizes:  # each used once lately: evicting it costs its reload time
+        h.policy.finish(h.job(model, 0.0, priority=BATCH), 1.0)
+    voice = h.job("phi4", 2.0, priority=INTERACTIVE)
+    assert voice.backend == "b" and voice.loads and voice.unload == ("qwen",)
+    loaded = {m["model"] for m in h.policy.snapshot(2.0)["backends"][0]["models"]}
+    assert loaded == {"mixtral", "llama", "phi4"}
+
+
 def test_requests_past_their_bound_are_dropped() -> None:
     h = Harness(BackendSpec("b", max_loaded=1))
     h.loaded("b", {"m": 5 * GB})

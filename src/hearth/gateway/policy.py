@@ -32,7 +32,8 @@ The policy, in the order it is applied each time anything changes:
    costs nothing, so an idle backend is never left idle while requests wait.
 5. **Who may be evicted.** Interactive and urgent requests may take any model: one still
    serving requests is drained (no new requests until idle), then unloaded (keep_alive 0) and
-   the waiting request sent. Batch work evicts only idle models nobody waits for. Batch work
+   the waiting request sent. Victims are taken by eviction cost, cheapest first, until the
+   model fits; then any whose going turned out not to be needed stays. Batch work evicts only idle models nobody waits for. Batch work
    that cannot be preempted (rule 6) also leaves room for the interactive models in use (each
    could still load next to the batch models that stay, by the backend's fit rule), so a long
    batch generation never locks an interactive model out; batch work that can be preempted
@@ -669,13 +670,19 @@ class Policy:
         preempt: bool = False,
         keep: set[str] | frozenset[str] = frozenset(),
     ) -> list[_Runner] | None:
-        """The cheapest loaded models to evict so that ``model`` fits, or None if it cannot.
+        """The cheapest loaded models to evict so that ``model`` fits, or None if it cannot:
+        taken cheapest first until it fits, then any that need not go are kept.
         Without ``may_take`` only idle models nobody waits for are candidates. With ``protect``
         (batch switches), enough must go that each interactive model in use could still load
         next to the batch models left: a long batch generation never keeps it out. With
         ``preempt``, only models that are idle or serve nothing but preemptible calls."""
         spec = b.spec
         size = self._size(b, model)
+
+        def key(r: _Runner) -> tuple[float, int, float]:
+            cost = self._evict_cost(b, r, now) + (self._ran(r, now) if preempt else 0.0)  # and lost runs
+            return (cost, r.in_flight, r.last_used)
+
         order = sorted(
             (
                 r
@@ -685,25 +692,25 @@ class Policy:
                 and (may_take or (r.in_flight == 0 and not self._waiting.get(r.model)))
                 and (not preempt or all(self._preemptible(b, j, now) for j in r.jobs))
             ),
-            # Preempting also costs the runs it aborts.
-            key=lambda r: (
-                self._evict_cost(b, r, now) + (self._ran(r, now) if preempt else 0.0),
-                r.in_flight,
-                r.last_used,
-            ),
+            key=key,
         )
         hot = self._hot_interactive(b, now) - {model} if protect else set()
-        victims: list[_Runner] = []
-        count = len(b.runners)
-        used = b.used()
-        for r in [None, *order]:
-            if r is not None:
-                victims.append(r)
-                count -= 1
-                used -= r.size
+
+        def room(victims: list[_Runner]) -> bool:
+            count = len(b.runners) - len(victims)
+            used = b.used() - sum(r.size for r in victims)
             fits_count = spec.max_loaded is None or count < spec.max_loaded
             fits_mem = spec.memory is None or count == 0 or size <= spec.fit_fraction * (spec.memory - used)
-            if fits_count and fits_mem and (not hot or self._room_for(b, model, victims, hot)):
+            return fits_count and fits_mem and (not hot or self._room_for(b, model, victims, hot))
+
+        for n in range(len(order) + 1):
+            victims = order[:n]
+            if room(victims):
+                # Taken cheapest first, an early victim may have freed too little to matter once
+                # a later one goes (a small model, then the big one): keep it, dearest first.
+                for r in sorted(victims[:-1], key=key, reverse=True):
+                    if room([v for v in victims if v is not r]):
+                        victims.remove(r)
                 return victims
         return None
 
