@@ -5,6 +5,10 @@ discrete-event comparison for each seed and prints, per seed and in total: model
 interactive p95 wait, the throughput ratio (hearth / ollama, completions per hour of
 makespan), requests over their bound under each policy, and calls Hearth preempted.
 
+With ``--floor S``, each seed also gets its loads floor (``hearth/sim/floor.py``, at most S
+seconds of solver time each): the fewest loads any scheduler could make while meeting every
+bound, knowing the trace in advance ("-" where no schedule meets every bound).
+
 "Own queue" is a yardstick for the bound: the requests that would miss their bound even if
 every model stayed loaded on runners of its own (``num_parallel`` slots, first come first
 served, a request given up at its bound). Those misses come from a model's own traffic (two
@@ -13,6 +17,7 @@ Home Assistant turns at once on one slot), which no choice of what to load can a
     .venv/bin/python bench/sim_seeds.py                  # seeds 42 and 1-20
     .venv/bin/python bench/sim_seeds.py --seeds 1-6 --json
     .venv/bin/python bench/sim_seeds.py --no-preempt   # the same policy without preemption
+    .venv/bin/python bench/sim_seeds.py --floor 300    # and each seed's loads floor (slow)
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any
 
 from hearth.gateway.policy import PolicySettings
 from hearth.sim.des import simulate
+from hearth.sim.floor import loads_floor
 from hearth.sim.report import summarize
 from hearth.sim.workload import Workload, reference_workload, service_seconds
 
@@ -57,9 +63,11 @@ class Row:
     over_bound: tuple[int, int]
     own_queue: int
     preempted: int
+    floor: int | None = None  # fewest loads meeting every bound; None: not asked, or none can
+    floor_optimal: bool = True  # False: only a lower bound was proven in the time given
 
 
-def seed_row(seed: int, settings: PolicySettings | None = None) -> Row:
+def seed_row(seed: int, settings: PolicySettings | None = None, floor_s: float | None = None) -> Row:
     wl = reference_workload(seed=seed)
     rows: dict[str, dict[str, Any]] = {}
     preempted = 0
@@ -69,6 +77,7 @@ def seed_row(seed: int, settings: PolicySettings | None = None) -> Row:
         if policy == "hearth":
             preempted = sum(o.preempted for o in result.outcomes)
     o, h = rows["ollama"], rows["hearth"]
+    floor = None if floor_s is None else loads_floor(wl, time_limit=floor_s)
     return Row(
         seed,
         len(wl.arrivals),
@@ -78,6 +87,8 @@ def seed_row(seed: int, settings: PolicySettings | None = None) -> Row:
         (sum(o["over_bound"].values()), sum(h["over_bound"].values())),
         own_queue_misses(wl),
         preempted,
+        None if floor is None or floor.feasible is False else floor.bound,
+        floor is None or floor.optimal,
     )
 
 
@@ -94,9 +105,10 @@ def main() -> None:
     ap.add_argument("--seeds", default="42,1-20", help="e.g. 42,1-20 (default)")
     ap.add_argument("--json", action="store_true", help="one JSON document on stdout")
     ap.add_argument("--no-preempt", action="store_true", help="Hearth's policy with preemption off")
+    ap.add_argument("--floor", type=float, metavar="S", help="each seed's loads floor, S seconds at most")
     args = ap.parse_args()
     settings = PolicySettings(preempt=not args.no_preempt)
-    rows = [seed_row(s, settings) for s in parse_seeds(args.seeds)]
+    rows = [seed_row(s, settings, args.floor) for s in parse_seeds(args.seeds)]
     ratios = [r.throughput_ratio for r in rows]
     loads = (sum(r.loads[0] for r in rows), sum(r.loads[1] for r in rows))
     over = (sum(r.over_bound[0] for r in rows), sum(r.over_bound[1] for r in rows))
@@ -112,18 +124,29 @@ def main() -> None:
         "throughput_ratio_min": min(ratios),
         "seeds_throughput_below_1": sum(1 for x in ratios if x < 1),
     }
+    if args.floor is not None:
+        floored = [r for r in rows if r.floor is not None]
+        summary["floor"] = {
+            "seeds": len(floored),  # those where some schedule meets every bound
+            "loads": [sum(r.loads[0] for r in floored), sum(r.loads[1] for r in floored)],
+            "floor": sum(r.floor for r in floored if r.floor is not None),
+            "not_proven_optimal": [r.seed for r in floored if not r.floor_optimal],
+            # the floor alone rules 3x out: Ollama's loads / 3 is below it
+            "seeds_3x_ruled_out": sum(1 for r in floored if 3 * (r.floor or 0) > r.loads[0]),
+        }
     if args.json:
         print(json.dumps({"rows": [asdict(r) for r in rows], "summary": summary}, indent=2))
         return
     print(
         "seed  requests  loads o -> h  int p95 o -> h (s)  throughput h/o  "
-        "over bound o -> h  own queue  preempted"
+        "over bound o -> h  own queue  preempted" + ("  floor" if args.floor is not None else "")
     )
     for r in rows:
         print(
             f"{r.seed:>4}  {r.requests:>8}  {r.loads[0]:>5} -> {r.loads[1]:<4}  "
             f"{r.interactive_p95_s[0]:>7.1f} -> {r.interactive_p95_s[1]:<7.1f}  {r.throughput_ratio:>14.3f}  "
             f"{r.over_bound[0]:>9} -> {r.over_bound[1]:<5}  {r.own_queue:>9}  {r.preempted:>9}"
+            + ("" if args.floor is None else f"  {_floor(r):>5}")
         )
     print(
         f"\n{len(rows)} seeds: loads {loads[0]} -> {loads[1]} ({summary['loads_ratio']}x fewer); "
@@ -132,6 +155,19 @@ def main() -> None:
         f"min {summary['throughput_ratio_min']}, below 1 on {summary['seeds_throughput_below_1']}; "
         f"{summary['preempted']} calls preempted"
     )
+    if args.floor is not None:
+        f = summary["floor"]
+        print(
+            f"floor, over the {f['seeds']} seeds where every bound can be met: {f['floor']} loads "
+            f"(ollama {f['loads'][0]}, hearth {f['loads'][1]}); 3x fewer than ollama ruled out on "
+            f"{f['seeds_3x_ruled_out']} of them; floor only a bound on: {f['not_proven_optimal'] or 'none'}"
+        )
+
+
+def _floor(r: Row) -> str:
+    if r.floor is None:
+        return "-"
+    return str(r.floor) if r.floor_optimal else f">={r.floor}"
 
 
 if __name__ == "__main__":
