@@ -33,15 +33,15 @@ The policy, in the order it is applied each time anything changes:
 5. **Who may be evicted.** Interactive and urgent requests may take any model: one still
    serving requests is drained (no new requests until idle), then unloaded (keep_alive 0) and
    the waiting request sent. Victims are taken by eviction cost, cheapest first, until the
-   model fits; then any whose going turned out not to be needed stays. Batch work evicts only idle models nobody waits for. Batch work
-   that cannot be preempted (rule 6) also leaves room for the interactive models in use (each
-   could still load next to the batch models that stay, by the backend's fit rule), so a long
-   batch generation never locks an interactive model out; batch work that can be preempted
-   may fill that room, since an interactive request would preempt it. Until ``last_chance``
-   of its bound has passed, batch work leaves alone a model that finished an interactive
-   request within ``session_gap`` seconds: the next turn of a conversation is likely. One
-   switch at a time per backend, as Ollama loads one model at a time; switches that cannot
-   wait go first, earliest deadline first.
+   model fits; then any whose going turned out not to be needed stays. Batch work evicts only
+   idle models nobody waits for. Batch work that cannot be preempted (rule 6) also leaves room
+   for the interactive models in use (each could still load next to the batch models that stay,
+   by the backend's fit rule), so a long batch generation never locks an interactive model out;
+   batch work that can be preempted may fill that room, since an interactive request would
+   preempt it. Until ``last_chance`` of its bound has passed, batch work leaves alone a model
+   that finished an interactive request within ``session_gap`` seconds: the next turn of a
+   conversation is likely. One switch at a time per backend, as Ollama loads one model at a
+   time; switches that cannot wait go first, earliest deadline first.
 6. **Bounded waits.** A request that has waited half its tenant's ``max_wait`` (a batch one:
    ``batch_urgency`` of it) is urgent: its switch happens whatever its cost, and may take any
    model; at ``max_wait`` it is dropped (503 with Retry-After). Batch requests age into
