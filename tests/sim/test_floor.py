@@ -135,3 +135,33 @@ def test_the_floor_is_never_above_what_hearth_reaches_within_its_bounds(seed: in
         assert loaded <= wl.server.max_loaded_models
     for stays in plan.values():
         assert all(end0 <= start1 for (_, end0), (start1, _) in itertools.pairwise(stays))
+
+
+def test_with_two_servers_each_model_may_stay_on_one_of_them(tmp_path: Path) -> None:
+    """One model per server at most, two tenants alternating every 10 s with a 5 s bound: one
+    server would reload on every turn, two servers need one load each."""
+    turns = "\n".join(
+        f"  - {{t: {10 * i}, tenant: {'xy'[i % 2]}, model: {'ab'[i % 2]}, prompt_tokens: 100, output_tokens: 20}}"
+        for i in range(8)
+    )
+    text = f"""
+name: two
+seed: 1
+duration_s: 90
+server: {{memory_gb: 48, max_loaded_models: 1, load_fixed_s: 2, load_gbps: 2}}
+servers: {{servers}}
+models:
+  a: {{size_gb: 4, tokens_per_s: 20, prompt_tokens_per_s: 200}}
+  b: {{size_gb: 4, tokens_per_s: 20, prompt_tokens_per_s: 200}}
+tenants:
+  x: {{priority: interactive, max_wait_s: 5}}
+  y: {{priority: interactive, max_wait_s: 5}}
+requests:
+{turns}
+"""
+    one = loads_floor(workload(tmp_path, text.replace("{servers}", "1")), time_limit=30)
+    two = loads_floor(workload(tmp_path, text.replace("{servers}", "2")), time_limit=30)
+    assert (one.loads, one.optimal) == (8, True)
+    assert (two.loads, two.optimal) == (2, True)
+    assert sorted(m for stays in two.plan.values() for m in stays) == ["a", "b"]
+    assert len(two.plan) == 2  # one model on each server
