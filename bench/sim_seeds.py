@@ -18,6 +18,7 @@ Home Assistant turns at once on one slot), which no choice of what to load can a
     .venv/bin/python bench/sim_seeds.py --seeds 1-6 --json
     .venv/bin/python bench/sim_seeds.py --no-preempt   # the same policy without preemption
     .venv/bin/python bench/sim_seeds.py --floor 300    # and each seed's loads floor (slow)
+    .venv/bin/python bench/sim_seeds.py --duration 14400  # four hours of traffic per seed
 """
 
 from __future__ import annotations
@@ -67,8 +68,13 @@ class Row:
     floor_optimal: bool = True  # False: only a lower bound was proven in the time given
 
 
-def seed_row(seed: int, settings: PolicySettings | None = None, floor_s: float | None = None) -> Row:
-    wl = reference_workload(seed=seed)
+def seed_row(
+    seed: int,
+    settings: PolicySettings | None = None,
+    floor_s: float | None = None,
+    duration_s: float | None = None,
+) -> Row:
+    wl = reference_workload(seed=seed, duration_s=duration_s)
     rows: dict[str, dict[str, Any]] = {}
     preempted = 0
     for policy in ("ollama", "hearth"):
@@ -105,10 +111,11 @@ def main() -> None:
     ap.add_argument("--seeds", default="42,1-20", help="e.g. 42,1-20 (default)")
     ap.add_argument("--json", action="store_true", help="one JSON document on stdout")
     ap.add_argument("--no-preempt", action="store_true", help="Hearth's policy with preemption off")
+    ap.add_argument("--duration", type=float, metavar="S", help="seconds of arrivals per seed (default 3600)")
     ap.add_argument("--floor", type=float, metavar="S", help="each seed's loads floor, S seconds at most")
     args = ap.parse_args()
     settings = PolicySettings(preempt=not args.no_preempt)
-    rows = [seed_row(s, settings, args.floor) for s in parse_seeds(args.seeds)]
+    rows = [seed_row(s, settings, args.floor, args.duration) for s in parse_seeds(args.seeds)]
     ratios = [r.throughput_ratio for r in rows]
     loads = (sum(r.loads[0] for r in rows), sum(r.loads[1] for r in rows))
     over = (sum(r.over_bound[0] for r in rows), sum(r.over_bound[1] for r in rows))
