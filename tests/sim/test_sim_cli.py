@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner, Result
 
 from hearth.cli import main
@@ -138,3 +140,12 @@ def test_floor_adds_the_fewest_loads_any_scheduler_could_make(tmp_path: Path) ->
     text = run("--workload", str(path), "--floor", "30")
     assert text.exit_code == 0, text.output
     assert f"loads floor: {floor['bound']} (proven in " in text.stdout
+
+
+def test_floor_without_or_tools_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("ortools", "ortools.sat", "ortools.sat.python", "ortools.sat.python.cp_model"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if it were not installed
+    result = run("--floor", "5", "--duration", "300")
+    assert result.exit_code == 1
+    assert "--floor needs OR-Tools: pip install ortools" in result.output
+    assert "Traceback" not in result.output
