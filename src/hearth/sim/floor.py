@@ -101,7 +101,7 @@ def _solve(
         for order in itertools.permutations(group):
             used = 0.0
             for i, m in enumerate(order):
-                if i and mem[m] > s.fit_fraction * (s.memory_gb - used):
+                if i and not s.fits(mem[m], used):
                     break
                 used += mem[m]
             else:
@@ -121,7 +121,7 @@ def _solve(
             for group in itertools.combinations([o for o in models if o != m], n):
                 if any(set(g) <= set(group) for g in blockers[m]) or not reachable(group):
                     continue
-                if mem[m] > s.fit_fraction * (s.memory_gb - sum(mem[o] for o in group)):
+                if not s.fits(mem[m], sum(mem[o] for o in group)):
                     blockers[m].append(group)
 
     bounds = {name: t.max_wait_s for name, t in wl.tenants.items()}

@@ -184,8 +184,8 @@ class OllamaModel:
         """Model name -> memory_gb of the loaded models, as /api/ps lists them."""
         return {name: r.spec.memory_gb for name, r in self._runners.items()}
 
-    def free_gb(self) -> float:
-        return self.server.memory_gb - sum(r.spec.memory_gb for r in self._runners.values())
+    def used_gb(self) -> float:
+        return sum(r.spec.memory_gb for r in self._runners.values())
 
     @property
     def loading(self) -> str | None:
@@ -254,7 +254,7 @@ class OllamaModel:
                 self._head = None
                 self._assign(runner, req, now)
             elif len(self._runners) >= max(1, self.server.max_loaded_models) or (
-                self._runners and spec.memory_gb > self.server.fit_fraction * self.free_gb()
+                self._runners and not self.server.fits(spec.memory_gb, self.used_gb())
             ):
                 self._evict(now)
             else:

@@ -44,6 +44,11 @@ class ServerSpec:
     def load_seconds(self, model: ModelSpec) -> float:
         return self.load_fixed_s + model.size_gb / self.load_gbps
 
+    def fits(self, memory_gb: float, loaded_gb: float) -> bool:
+        """Ollama's fit rule: beside models taking ``loaded_gb``, one needing ``memory_gb``
+        loads only if that is at most ``fit_fraction`` of the memory they leave free."""
+        return memory_gb <= self.fit_fraction * (self.memory_gb - loaded_gb)
+
 
 @dataclass(slots=True, eq=False)
 class SimRequest:
