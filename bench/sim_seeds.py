@@ -60,7 +60,9 @@ class Row:
     requests: int
     loads: tuple[int, int]  # ollama, hearth
     interactive_p95_s: tuple[float, float]
-    throughput_ratio: float  # hearth / ollama
+    throughput_ratio: float  # hearth / ollama: completed ratio x makespan ratio
+    completed: tuple[int, int]  # ollama, hearth (Hearth gives up a request at its bound: 503)
+    makespan_s: tuple[float, float]
     over_bound: tuple[int, int]
     own_queue: int
     preempted: int
@@ -90,6 +92,8 @@ def seed_row(
         (o["model_loads"], h["model_loads"]),
         (o["interactive_wait_p95_s"], h["interactive_wait_p95_s"]),
         round(h["throughput_per_h"] / o["throughput_per_h"], 3),
+        (o["completed"], h["completed"]),
+        (o["makespan_s"], h["makespan_s"]),
         (sum(o["over_bound"].values()), sum(h["over_bound"].values())),
         own_queue_misses(wl),
         preempted,
@@ -119,6 +123,7 @@ def main() -> None:
     ratios = [r.throughput_ratio for r in rows]
     loads = (sum(r.loads[0] for r in rows), sum(r.loads[1] for r in rows))
     over = (sum(r.over_bound[0] for r in rows), sum(r.over_bound[1] for r in rows))
+    completed = (sum(r.completed[0] for r in rows), sum(r.completed[1] for r in rows))
     summary = {
         "seeds": len(rows),
         "loads": loads,
@@ -130,6 +135,11 @@ def main() -> None:
         "throughput_ratio_mean": round(statistics.mean(ratios), 3),
         "throughput_ratio_min": min(ratios),
         "seeds_throughput_below_1": sum(1 for x in ratios if x < 1),
+        # The two factors of the throughput ratio: requests answered, and how long the trace
+        # took to drain (ollama / hearth: above 1 when Hearth finishes first).
+        "completed": completed,
+        "makespan_ratio_mean": round(statistics.mean(r.makespan_s[0] / r.makespan_s[1] for r in rows), 4),
+        "seeds_makespan_longer": sum(1 for r in rows if r.makespan_s[1] > r.makespan_s[0]),
     }
     if args.floor is not None:
         floored = [r for r in rows if r.floor is not None]
@@ -161,6 +171,12 @@ def main() -> None:
         f"(own queue alone: {summary['own_queue']}); throughput h/o mean {summary['throughput_ratio_mean']}, "
         f"min {summary['throughput_ratio_min']}, below 1 on {summary['seeds_throughput_below_1']}; "
         f"{summary['preempted']} calls preempted"
+    )
+    print(
+        f"throughput h/o = requests answered h/o x makespan o/h: answered {completed[1]} of "
+        f"ollama's {completed[0]} ({completed[1] / completed[0]:.4f}; the rest Hearth gave up at their "
+        f"bound), makespan o/h mean {summary['makespan_ratio_mean']}, longer under hearth on "
+        f"{summary['seeds_makespan_longer']} seeds"
     )
     if args.floor is not None:
         f = summary["floor"]
