@@ -344,6 +344,19 @@ def test_a_request_that_waits_past_max_wait_gets_503_with_retry_after_in_both_di
         assert chat(hearth.url, "in time", key).status_code == 200
         assert prompts_seen(o) == ["busy", "in time"]
 
+        # The request log and the queue-wait histogram count the waits that were given up.
+        given_up = [t for t in traces_of(hearth, "hasty") if t["status"] == 503]
+        assert len(given_up) == 2
+        assert all(t["queue_wait_ms"] >= 300 for t in given_up)
+        assert metric(hearth, "hearth_queue_wait_seconds_count", tenant="hasty", backend="none") == 2
+        given_up_s = metric(hearth, "hearth_queue_wait_seconds_sum", tenant="hasty", backend="none")
+        assert given_up_s is not None and given_up_s >= 0.6
+        # Waits that end in a grant count under their backend; a free slot is a wait of zero.
+        assert metric(hearth, "hearth_queue_wait_seconds_count", tenant="hasty", backend="o1") == 1
+        assert (
+            metric(hearth, "hearth_queue_wait_seconds_bucket", tenant="hasty", backend="o1", le="0.005") == 1
+        )
+
 
 # ---- cancellation ------------------------------------------------------------------------------
 

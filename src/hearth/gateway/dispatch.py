@@ -395,7 +395,7 @@ class Gateway:
                     break
                 # The scheduler picks the backend among the candidates and says when to send.
                 ticket = await self.scheduler.acquire(
-                    call.principal, target.model, names, trace.estimate, preemptible
+                    call.principal, target.model, names, trace.estimate, preemptible, trace.queued
                 )
                 trace.attempts += 1
                 trace.served_model = target.model
@@ -404,7 +404,6 @@ class Gateway:
                         state = self.pool.by_name[ticket.backend]
                         tried.add((i, state.name))
                         trace.backend = state.name
-                        trace.queued(ticket.position, ticket.waited)
                         if ticket.preempted is None:
                             return await self._try(call, target, state, trace, ticket)
                         whole = await self._preemptible(call, target, state, trace, ticket)

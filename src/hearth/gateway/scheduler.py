@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from hearth.backends.pool import BackendState, Pool, canonical_name
@@ -51,15 +52,22 @@ def backend_spec(cfg: BackendSettings) -> BackendSpec:
     )
 
 
+# Told when a wait for a slot ends, granted or not: (place in the queue on arrival, 1 = next,
+# 0 = it did not queue; seconds waited).
+OnWait = Callable[[int, float], None]
+
+
 class _Wait:
-    """A request's link to the scheduler: the future its next grant resolves, and the ticket of
-    the grant it holds."""
+    """A request's link to the scheduler: the future its next grant resolves, the ticket of the
+    grant it holds, and whom to tell how long each wait took."""
 
-    __slots__ = ("fut", "ticket")
+    __slots__ = ("fut", "on_wait", "since", "ticket")
 
-    def __init__(self) -> None:
+    def __init__(self, on_wait: OnWait | None, since: float) -> None:
         self.fut: asyncio.Future[None] | None = None
         self.ticket: Ticket | None = None
+        self.on_wait = on_wait
+        self.since = since  # when the current wait began: the arrival, or the last preemption
 
 
 class Ticket:
@@ -85,15 +93,6 @@ class Ticket:
     def unload(self) -> tuple[str, ...]:
         """Models to unload on the backend before sending: the policy evicts them to make room."""
         return self.job.unload
-
-    @property
-    def position(self) -> int:
-        return self.job.position
-
-    @property
-    def waited(self) -> float:
-        assert self.job.granted_at is not None
-        return self.job.granted_at - self.job.arrived
 
     def started(self) -> None:
         """The first byte came back (the model is loaded)."""
@@ -137,7 +136,8 @@ class FreeTicket:
 
 
 class Scheduler:
-    def __init__(self, settings: Settings, pool: Pool) -> None:
+    def __init__(self, settings: Settings, pool: Pool, clock: Callable[[], float] | None = None) -> None:
+        """``clock``: the policy's clock in seconds; the event loop's monotonic clock if None."""
         s = settings.scheduler
         self.settings = settings
         self.pool = pool
@@ -157,23 +157,35 @@ class Scheduler:
             self._granted,
             self._preempted,
         )
+        self._clock = clock
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         pool.listeners.append(self._observe)
 
     def now(self) -> float:
+        if self._clock is not None:
+            return self._clock()
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         return self._loop.time()
 
     async def acquire(
-        self, who: Principal, model: str, backends: list[str], cost: float, preemptible: bool = False
+        self,
+        who: Principal,
+        model: str,
+        backends: list[str],
+        cost: float,
+        preemptible: bool = False,
+        on_wait: OnWait | None = None,
     ) -> Ticket:
         """Wait for a slot on one of ``backends`` (in order of preference) for ``model``.
         ``preemptible``: the caller reads the whole answer before sending anything on, so the
-        call may be aborted and sent again (only a batch tenant's call ever is)."""
+        call may be aborted and sent again (only a batch tenant's call ever is). ``on_wait`` is
+        told of every wait that ends, this one and those after a preemption, granted or not
+        (timed out, the client gone)."""
         p = who.policy
+        now = self.now()
         job = Job(
             who.name,
             canonical_name(model, "ollama"),
@@ -183,12 +195,13 @@ class Scheduler:
             weight=p.weight,
             max_wait=p.max_wait,
             cost=max(cost, 1.0),
-            tag=_Wait(),
+            tag=_Wait(on_wait, now),
             preemptible=preemptible,
         )
         policy = self.policy
-        policy.submit(job, self.now())
+        policy.submit(job, now)
         if job.backend is not None:
+            self._waited(job)
             return self._ticket(job)
         if policy.waiting(job.tenant) > p.max_queue or policy.waiting() > self.settings.scheduler.max_queue:
             policy.cancel(job, self.now())
@@ -203,6 +216,7 @@ class Scheduler:
         """The next grant of a preempted call."""
         job = ticket.job
         if job.backend is not None:
+            self._waited(job)
             return self._ticket(job)  # granted again already
         return await self._wait(job, model)
 
@@ -230,6 +244,8 @@ class Scheduler:
                 policy.finish(job, self.now(), ok=True)
             self.arm()
             raise
+        finally:
+            self._waited(job)
         if job.dropped == "timeout":
             raise QueueTimeout(
                 f"waited {job.max_wait:g} s for a backend to serve '{model}'", self.expected_wait(job)
@@ -237,6 +253,13 @@ class Scheduler:
         if job.dropped is not None:
             raise NoBackend(f"no backend is available for model '{model}'")
         return self._ticket(job)
+
+    def _waited(self, job: Job) -> None:
+        """Tell the caller how long the wait that just ended took (to its grant, if granted)."""
+        w: _Wait = job.tag
+        if w.on_wait is not None:
+            end = self.now() if job.granted_at is None else job.granted_at
+            w.on_wait(job.position, end - w.since)
 
     def _ticket(self, job: Job) -> Ticket:
         ticket = Ticket(self, job)
@@ -279,6 +302,7 @@ class Scheduler:
         w: _Wait = job.tag
         ticket, w.ticket = w.ticket, None
         w.fut = asyncio.get_running_loop().create_future()
+        w.since = self.now()
         if ticket is not None:
             ticket._done = True  # its release must not free the slot a second time
             if ticket.preempted is not None and not ticket.preempted.done():
@@ -300,8 +324,7 @@ class Scheduler:
             self._timer = None
         self._timer_at = at
         if at is not None:
-            assert self._loop is not None
-            self._timer = self._loop.call_at(at, self._fire)
+            self._timer = asyncio.get_running_loop().call_later(max(0.0, at - self.now()), self._fire)
 
     def _fire(self) -> None:
         self._timer = self._timer_at = None

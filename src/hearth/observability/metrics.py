@@ -52,6 +52,9 @@ NO_BACKEND = "none"
 # model from disk). Whole calls run longer: a long generation can take minutes.
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 DURATION_BUCKETS = (*TTFT_BUCKETS, 300.0, 600.0)
+# Waits in the scheduler's queue: none (a free slot), up to the bounds tenants configure (30 s
+# for a voice assistant, minutes for batch work).
+QUEUE_BUCKETS = (0.005, 0.05, 0.25, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 
 _CALL = ("tenant", "model", "backend")
 _REQUEST = (*_CALL, "dialect", "endpoint")
@@ -81,7 +84,7 @@ def error_reason(status: int, error: str | None) -> str | None:
 class _Series:
     """The children of every metric for one label set, looked up once."""
 
-    __slots__ = ("duration", "errors", "requests", "tokens_in", "tokens_out", "ttft")
+    __slots__ = ("duration", "errors", "queue_wait", "requests", "tokens_in", "tokens_out", "ttft")
 
     def __init__(
         self,
@@ -98,6 +101,7 @@ class _Series:
         self.tokens_out = m.tokens.labels(*call, "out")
         self.duration = m.duration.labels(*call)
         self.ttft = m.ttft.labels(*call)
+        self.queue_wait = m.queue_wait.labels(*call)
 
 
 class Metrics:
@@ -145,6 +149,14 @@ class Metrics:
             "Time to the first byte of the answer (first token when streaming).",
             _CALL,
             buckets=TTFT_BUCKETS,
+            registry=registry,
+        )
+        self.queue_wait = Histogram(
+            "hearth_queue_wait_seconds",
+            "Time a model call waited in Hearth's scheduler for a backend slot, every wait of the "
+            "call together; a call given up at its tenant's bound counts, with backend none.",
+            _CALL,
+            buckets=QUEUE_BUCKETS,
             registry=registry,
         )
         registry.register(PoolCollector(pool, scheduler))
@@ -200,6 +212,8 @@ class Metrics:
         ttft = trace.ttft_ms
         if ttft is not None:
             s.ttft.observe(ttft / 1000)
+        if trace.backend is not None or trace.queue_wait_ms:  # it went through the scheduler
+            s.queue_wait.observe(trace.queue_wait_ms / 1000)
         for listener in self.listeners:
             listener(call[1], call[2], status, reason, duration)
 
