@@ -19,11 +19,14 @@ Home Assistant turns at once on one slot), which no choice of what to load can a
     .venv/bin/python bench/sim_seeds.py --no-preempt   # the same policy without preemption
     .venv/bin/python bench/sim_seeds.py --floor 300    # and each seed's loads floor (slow)
     .venv/bin/python bench/sim_seeds.py --duration 14400  # four hours of traffic per seed
+    .venv/bin/python bench/sim_seeds.py --servers 2    # two Ollama boxes (clients alone: service i
+                                                       # on box i mod 2)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import heapq
 import json
 import statistics
@@ -39,8 +42,9 @@ from hearth.sim.workload import Workload, reference_workload, service_seconds
 
 
 def own_queue_misses(wl: Workload) -> int:
-    """Requests over their bound with every model always loaded on its own runner."""
-    free: dict[str, list[float]] = defaultdict(lambda: [0.0] * wl.server.num_parallel)
+    """Requests over their bound with every model always loaded on runners of its own, one
+    per server."""
+    free: dict[str, list[float]] = defaultdict(lambda: [0.0] * wl.server.num_parallel * wl.servers)
     missed = 0
     for a in sorted(wl.arrivals, key=lambda a: a.t):
         slots = free[a.model]
@@ -75,8 +79,11 @@ def seed_row(
     settings: PolicySettings | None = None,
     floor_s: float | None = None,
     duration_s: float | None = None,
+    servers: int | None = None,
 ) -> Row:
     wl = reference_workload(seed=seed, duration_s=duration_s)
+    if servers is not None:
+        wl = dataclasses.replace(wl, servers=servers)
     rows: dict[str, dict[str, Any]] = {}
     preempted = 0
     for policy in ("ollama", "hearth"):
@@ -117,9 +124,10 @@ def main() -> None:
     ap.add_argument("--no-preempt", action="store_true", help="Hearth's policy with preemption off")
     ap.add_argument("--duration", type=float, metavar="S", help="seconds of arrivals per seed (default 3600)")
     ap.add_argument("--floor", type=float, metavar="S", help="each seed's loads floor, S seconds at most")
+    ap.add_argument("--servers", type=int, metavar="N", help="identical Ollama servers (default 1)")
     args = ap.parse_args()
     settings = PolicySettings(preempt=not args.no_preempt)
-    rows = [seed_row(s, settings, args.floor, args.duration) for s in parse_seeds(args.seeds)]
+    rows = [seed_row(s, settings, args.floor, args.duration, args.servers) for s in parse_seeds(args.seeds)]
     ratios = [r.throughput_ratio for r in rows]
     loads = (sum(r.loads[0] for r in rows), sum(r.loads[1] for r in rows))
     over = (sum(r.over_bound[0] for r in rows), sum(r.over_bound[1] for r in rows))

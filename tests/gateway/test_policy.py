@@ -412,3 +412,30 @@ def test_a_poll_taken_before_an_unload_landed_does_not_bring_the_victim_back() -
     h.policy.observe("b", 3.0, True, {"old": 5 * GB, "new": 5 * GB}, {"new": 5 * GB})
     h.policy.observe("b", 4.0, True, {"old": 5 * GB, "new": 5 * GB}, {"new": 5 * GB, "old": 5 * GB})
     assert {m["model"] for m in h.policy.snapshot(4.0)["backends"][0]["models"]} == {"new", "old"}
+
+
+def test_fresh_batch_work_waits_for_the_loaded_copy_and_warms_a_second_only_once_aged() -> None:
+    h = Harness(BackendSpec("one", memory=48 * GB), BackendSpec("two", memory=48 * GB), aging=60.0)
+    h.loaded("one", {"m": 5 * GB})
+    h.policy.observe("two", 0.0, True, {"m": 5 * GB}, {})
+    first = h.job("m", 0.0, tenant="ci", priority=BATCH, max_wait=600.0)
+    h.policy.finish(first, 40.0)  # a call takes 40 s, far longer than a 4.75 s load
+    busy = h.job("m", 40.0, tenant="ci", priority=BATCH, max_wait=600.0)
+    queued = h.job("m", 40.0, tenant="ci", priority=BATCH, max_wait=600.0)
+    assert busy.backend == "one" and queued.backend is None  # its bound allows the wait
+    h.policy.pump(99.0)
+    assert queued.backend is None
+    h.policy.pump(100.0)  # aged: it now competes as interactive, and a copy pays
+    assert queued.backend == "two" and queued.loads
+
+
+def test_an_urgent_batch_request_warms_a_second_copy() -> None:
+    h = Harness(BackendSpec("one", memory=48 * GB), BackendSpec("two", memory=48 * GB), aging=1e9)
+    h.loaded("one", {"m": 5 * GB})
+    h.policy.observe("two", 0.0, True, {"m": 5 * GB}, {})
+    busy = h.job("m", 0.0, tenant="ci", priority=BATCH, max_wait=100.0)
+    queued = h.job("m", 0.0, tenant="ci", priority=BATCH, max_wait=100.0)
+    h.policy.pump(59.0)
+    assert busy.backend == "one" and queued.backend is None
+    h.policy.pump(60.0)  # batch_urgency 0.6 of its bound
+    assert queued.backend == "two" and queued.loads

@@ -59,9 +59,11 @@ The policy, in the order it is applied each time anything changes:
    bound after a reload and one more run of its model.
 7. **Several backends.** A request may go to any backend that serves its model: a loaded one
    with a free slot first, in the caller's order; otherwise the switch goes where it pays
-   most (ties: where the model fits best). Requests waiting for a model that is loaded but busy
-   elsewhere weigh like any others, so a growing queue warms the model on a second backend,
-   at once when that backend has room.
+   most (ties: where the model fits best). A queue for a model that is loaded but busy
+   elsewhere warms it on a second backend when its interactive requests (and batch ones aged
+   into them) would wait longer for the loaded copy than the load and the evictions take, at
+   once when that backend has room; fresh batch work waits for the loaded copy until it is
+   urgent.
 
 Backends that do not load models (OpenAI-compatible servers, cloud APIs) have every model ready
 and ``max_in_flight`` slots in all (unlimited when None).
@@ -575,10 +577,14 @@ class Policy:
                     self._switch_due.append(now + (cost - pressure) / wsum)
                     continue
                 if elsewhere and not urgent:
-                    # A second copy pays only if the queue would wait longer for the copy that
-                    # is loaded than the load and the evictions take.
-                    backlog = len(counted) / elsewhere * self._service_est.get(model, 10.0)
-                    if backlog < load + cost:
+                    # A second copy pays only if the requests served first (interactive ones,
+                    # and batch work aged into them) would wait longer for the copy that is
+                    # loaded than the load and the evictions take. Fresh batch work waits for
+                    # the loaded copy until it is urgent: a copy for it would cost a load and
+                    # the memory it holds, to save waits that its bound allows.
+                    first = sum(1 for j in counted if self._class(j, now) == INTERACTIVE)
+                    backlog = first / elsewhere * self._service_est.get(model, 10.0)
+                    if not first or backlog < load + cost:
                         continue
                 leftover = self._free(b) - self._size(b, model)
                 # Switches that cannot wait go first, earliest deadline first; then the one that
