@@ -19,6 +19,7 @@ Home Assistant turns at once on one slot), which no choice of what to load can a
     .venv/bin/python bench/sim_seeds.py --no-preempt   # the same policy without preemption
     .venv/bin/python bench/sim_seeds.py --floor 300    # and each seed's loads floor (slow)
     .venv/bin/python bench/sim_seeds.py --duration 14400  # four hours of traffic per seed
+    .venv/bin/python bench/sim_seeds.py --hold-models  # Hearth holds models (keep_alive -1)
     .venv/bin/python bench/sim_seeds.py --servers 2    # two Ollama boxes (clients alone: service i
                                                        # on box i mod 2)
 """
@@ -80,6 +81,7 @@ def seed_row(
     floor_s: float | None = None,
     duration_s: float | None = None,
     servers: int | None = None,
+    hold_models: bool = False,
 ) -> Row:
     wl = reference_workload(seed=seed, duration_s=duration_s)
     if servers is not None:
@@ -87,7 +89,7 @@ def seed_row(
     rows: dict[str, dict[str, Any]] = {}
     preempted = 0
     for policy in ("ollama", "hearth"):
-        result = simulate(wl, policy, settings)
+        result = simulate(wl, policy, settings, hold_models=hold_models)
         rows[policy] = summarize(policy, result.outcomes, result.loads, wl.tenants)
         if policy == "hearth":
             preempted = sum(o.preempted for o in result.outcomes)
@@ -125,9 +127,13 @@ def main() -> None:
     ap.add_argument("--duration", type=float, metavar="S", help="seconds of arrivals per seed (default 3600)")
     ap.add_argument("--floor", type=float, metavar="S", help="each seed's loads floor, S seconds at most")
     ap.add_argument("--servers", type=int, metavar="N", help="identical Ollama servers (default 1)")
+    ap.add_argument("--hold-models", action="store_true", help="Hearth holds models (keep_alive -1)")
     args = ap.parse_args()
     settings = PolicySettings(preempt=not args.no_preempt)
-    rows = [seed_row(s, settings, args.floor, args.duration, args.servers) for s in parse_seeds(args.seeds)]
+    rows = [
+        seed_row(s, settings, args.floor, args.duration, args.servers, args.hold_models)
+        for s in parse_seeds(args.seeds)
+    ]
     ratios = [r.throughput_ratio for r in rows]
     loads = (sum(r.loads[0] for r in rows), sum(r.loads[1] for r in rows))
     over = (sum(r.over_bound[0] for r in rows), sum(r.over_bound[1] for r in rows))

@@ -85,6 +85,14 @@ def test_an_unknown_backend_kind_is_refused(tmp_path: Path) -> None:
         load_settings(p, env={})
 
 
+def test_hold_models_is_for_ollama_backends_only(tmp_path: Path) -> None:
+    p = write(tmp_path, "backends:\n  - {name: a, kind: ollama, url: 'http://a:1', hold_models: true}\n")
+    assert load_settings(p, env={}).backends[0].hold_models
+    p = write(tmp_path, "backends:\n  - {name: v, kind: openai, url: 'http://v:1/v1', hold_models: true}\n")
+    with pytest.raises(ConfigError, match=r"backends\[0\]\.hold_models: only for kind ollama"):
+        load_settings(p, env={})
+
+
 def test_duplicate_backend_names_are_refused(tmp_path: Path) -> None:
     p = write(
         tmp_path,

@@ -351,6 +351,11 @@ def usage(config_path: Path | None, since: str, by: str, tenant: str | None, as_
     help="Also solve for the fewest loads any scheduler meeting every bound could make on this trace, "
     "spending at most this many seconds (needs OR-Tools, in the dev extra).",
 )
+@click.option(
+    "--hold-models",
+    is_flag=True,
+    help="Hearth holds models (the backend setting hold_models): its calls carry keep_alive -1.",
+)
 def sim(
     workload_path: Path | None,
     seed: int | None,
@@ -359,6 +364,7 @@ def sim(
     live: bool,
     speed: float | None,
     floor_s: float | None,
+    hold_models: bool,
 ) -> None:
     """Replay a workload against Ollama alone and through Hearth's scheduler, and compare.
 
@@ -384,7 +390,7 @@ def sim(
         speed = 100.0 if speed is None else speed
 
         async def run_both(speed: float) -> list[LiveResult]:
-            return [await run_live(wl, policy, speed) for policy in POLICIES]
+            return [await run_live(wl, policy, speed, hold_models=hold_models) for policy in POLICIES]
 
         results = asyncio.run(run_both(speed))
         rows = [summarize(r.policy, r.outcomes, r.loads, wl.tenants) for r in results]
@@ -392,7 +398,7 @@ def sim(
             row["preempted"] = r.preemptions  # clients cannot see it; the gateway counts it
         lags = {r.policy: {"p99": r.loop_lag_p99_s, "max": r.loop_lag_max_s} for r in results}
     else:
-        simulated = [simulate(wl, policy) for policy in POLICIES]
+        simulated = [simulate(wl, policy, hold_models=hold_models) for policy in POLICIES]
         rows = [summarize(r.policy, r.outcomes, r.loads, wl.tenants) for r in simulated]
     verdict = compare(rows[0], rows[1])
     floor = None
@@ -410,6 +416,7 @@ def sim(
             "seed": wl.seed,
             "duration_s": wl.duration_s,
             "mode": "live" if live else "des",
+            "hold_models": hold_models,
             "policies": rows,
             "compare": verdict,
         }
@@ -423,7 +430,8 @@ def sim(
     click.echo(
         f"{wl.name}: seed {wl.seed}, {len(wl.arrivals)} requests over {wl.duration_s:g} s on "
         f"{wl.servers} server{'s' if wl.servers > 1 else ''} (offered load {offered_load(wl):.2f} "
-        f"runners), {'live at speed ' + format(speed, 'g') if live else 'discrete-event simulation'}\n"
+        f"runners), {'live at speed ' + format(speed, 'g') if live else 'discrete-event simulation'}"
+        f"{', Hearth holding models' if hold_models else ''}\n"
     )
     click.echo(render_table(rows))
     click.echo(f"targets ({verdict['candidate']} against {verdict['baseline']}):")

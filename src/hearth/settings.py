@@ -66,6 +66,11 @@ class BackendSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_loaded_models: int = 3
     memory_gb: float | None = None
     keep_alive: float = 300.0  # seconds an idle model stays loaded (OLLAMA_KEEP_ALIVE)
+    # Ollama: keep models loaded until the scheduler evicts one for another. Hearth sends
+    # keep_alive -1 with the calls it forwards (unless the client or an alias sets one), so the
+    # server's idle timer never unloads a model Hearth counts on. For a box that serves Hearth
+    # alone: its memory stays in use while nothing runs.
+    hold_models: bool = False
     # OpenAI-compatible servers: requests in flight at once (vLLM's max_num_seqs, a cloud's
     # concurrency); None: unlimited, no queue.
     max_concurrent: int | None = None
@@ -525,6 +530,11 @@ def _check(s: Settings) -> None:
             value = getattr(b, key)
             if value is not None and value <= 0:
                 raise ConfigError(f"invalid config: backends[{i}].{key}: expected a positive number")
+        if b.hold_models and b.kind != "ollama":
+            raise ConfigError(
+                f"invalid config: backends[{i}].hold_models: only for kind ollama (an OpenAI-compatible "
+                "server does not load and unload models on request)"
+            )
     for name, t in [*s.tenants.items(), ("tenant_defaults", s.tenant_defaults)]:
         where = name if name == "tenant_defaults" else f"tenants.{name}"
         for key in ("weight", "max_wait", "content_retention_days"):
@@ -598,6 +608,7 @@ backends:
     max_loaded_models: 3   # OLLAMA_MAX_LOADED_MODELS
     memory_gb: null        # RAM/VRAM it may fill, e.g. 48; null: only max_loaded_models limits
     keep_alive: 300        # OLLAMA_KEEP_ALIVE in seconds
+    hold_models: false     # true: models stay loaded until Hearth needs the room (a box for Hearth alone)
   # - name: gpu-box        # example: a second Ollama
   #   kind: ollama
   #   url: http://192.168.1.20:11434

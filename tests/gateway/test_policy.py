@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -439,3 +440,23 @@ def test_an_urgent_batch_request_warms_a_second_copy() -> None:
     assert busy.backend == "one" and queued.backend is None
     h.policy.pump(60.0)  # batch_urgency 0.6 of its bound
     assert queued.backend == "two" and queued.loads
+
+
+def test_a_held_model_is_counted_loaded_however_long_it_idles() -> None:
+    """keep_alive math.inf (the backend's hold_models): only Hearth's evictions unload, so an
+    idle model is never assumed gone, and no keep_alive deadline is ever due."""
+    held = Harness(BackendSpec("b", memory=48 * GB, keep_alive=math.inf))
+    plain = Harness(BackendSpec("b", memory=48 * GB, keep_alive=300.0))
+    busy = {}
+    for h in (held, plain):
+        h.loaded("b", {"m": 5 * GB, "n": 5 * GB})  # both idle since 0
+        busy[h] = h.job("m", 0.0)
+        h.job("m", 0.0)  # waits for m's slot: the policy has deadlines to keep
+    assert plain.policy.next_deadline(1.0) == 300.0  # n's keep_alive runs out
+    deadline = held.policy.next_deadline(1.0)
+    assert deadline is not None and 300.0 < deadline < math.inf  # only the other deadlines
+    assert held.policy.next_deadline(5_000.0) is None  # nothing comes due, ever
+    for h in (held, plain):
+        h.policy.finish(busy[h], 10_000.0)
+    assert not held.job("n", 10_000.0).loads  # still loaded: no reload
+    assert plain.job("n", 10_000.0).loads

@@ -456,6 +456,39 @@ def test_an_unload_request_takes_no_slot_and_never_loads_the_model_first(live: A
         assert o.loaded == [OTHER]
 
 
+def test_a_backend_with_hold_models_gets_keep_alive_minus_one_unless_the_client_or_an_alias_set_one(
+    live: Any,
+) -> None:
+    """Its models stay loaded until the scheduler evicts one: Ollama's idle timer must not
+    unload what Hearth counts on. A keep_alive someone chose is theirs."""
+    with FakeOllama(models=[MODEL], loaded=[MODEL]) as o:
+        aliases = {"aliases": {"short": {"model": MODEL, "keep_alive": "10m"}}}
+        hearth = live(settings_for(o, hold_models=True, extra=aliases))
+        client = ollama.Client(host=hearth.url)
+        client.chat(model=MODEL, messages=[{"role": "user", "content": "a"}])
+        client.close()  # type: ignore[no-untyped-call]
+        body = chat_body("b")
+        r = httpx.post(hearth.url + "/api/chat", json={**body, "keep_alive": "5m"}, timeout=30)
+        assert r.status_code == 200
+        assert chat(hearth.url, "c", model="short").status_code == 200
+        with openai.OpenAI(base_url=hearth.url + "/v1", api_key="unused", max_retries=0) as oa:
+            oa.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "d"}])
+        sent = [
+            (body_of(r)["messages"][-1]["content"], body_of(r).get("keep_alive"))
+            for r in o.requests_to("/api/chat")
+        ]
+        assert sent == [("a", -1), ("b", "5m"), ("c", "10m"), ("d", -1)]
+
+
+def test_without_hold_models_the_servers_own_keep_alive_applies(live: Any) -> None:
+    with FakeOllama(models=[MODEL], loaded=[MODEL]) as o:
+        hearth = live(settings_for(o))
+        assert chat(hearth.url, "a").status_code == 200
+        with openai.OpenAI(base_url=hearth.url + "/v1", api_key="unused", max_retries=0) as oa:
+            oa.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "b"}])
+        assert ["keep_alive" in body_of(r) for r in o.requests_to("/api/chat")] == [False, False]
+
+
 # ---- preemption --------------------------------------------------------------------------------
 
 

@@ -64,7 +64,7 @@ def test_a_plain_run_prints_a_row_per_policy_and_the_targets() -> None:
 
 def test_json_holds_both_policies_and_the_comparison() -> None:
     data = run_json()
-    assert set(data) == {"workload", "seed", "duration_s", "mode", "policies", "compare"}
+    assert set(data) == {"workload", "seed", "duration_s", "mode", "hold_models", "policies", "compare"}
     assert (data["workload"], data["seed"], data["mode"]) == ("reference-homelab-1", 42, "des")
     assert [row["policy"] for row in data["policies"]] == ["ollama", "hearth"]
     for row in data["policies"]:
@@ -98,6 +98,16 @@ def test_a_workload_file_replaces_the_reference(tmp_path: Path) -> None:
     assert (data["workload"], data["seed"]) == ("small", 3)
     assert data["policies"][0]["requests"] == data["policies"][1]["requests"] > 0
     assert set(data["policies"][1]["max_wait_s"]) == {"chat", "jobs"}
+
+
+def test_hold_models_changes_only_hearths_row() -> None:
+    """Over four hours of the reference, Ollama's idle timer unloads models between voice
+    sessions; held, they stay, and Hearth loads fewer. Ollama alone is the same run."""
+    plain, held = run_json("--duration", "14400"), run_json("--duration", "14400", "--hold-models")
+    assert (plain["hold_models"], held["hold_models"]) == (False, True)
+    assert held["policies"][0] == plain["policies"][0]
+    assert held["policies"][1]["model_loads"] < plain["policies"][1]["model_loads"]
+    assert "Hearth holding models" in run("--hold-models").output
 
 
 def test_a_bad_workload_file_is_a_clear_error(tmp_path: Path) -> None:

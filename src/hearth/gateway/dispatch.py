@@ -484,12 +484,15 @@ class Gateway:
                     await backend.unload(model)
                 except HearthError as exc:
                     log.warning("unloading %s on %s failed: %s", model, state.name, exc.message)
+            hold = backend.cfg.hold_models
             if backend.kind == call.dialect:
-                body = self._native_body(call, target)
+                body = self._native_body(call, target, hold)
                 raw = await backend.forward("POST", backend.native_path(call.path), body)
                 sse = call.dialect == "openai" and _wants_stream(call)
                 return Passthrough(raw, lease, trace, call.dialect, sse)
             req = _retarget(call.request, target)
+            if hold and req.keep_alive is None:
+                req = replace(req, keep_alive=-1)  # loaded until the scheduler evicts it
             meta = Translated(backend.name, target.model, lease, trace)
             if isinstance(req, EmbedRequest):
                 result = await backend.embed(req)
@@ -512,8 +515,11 @@ class Gateway:
             lease.settle(None)  # cancelled: the client left, the backend did nothing wrong
             raise
 
-    def _native_body(self, call: Call, target: Target) -> bytes:
-        if not target.changes_request and target.model == call.body.get("model"):
+    def _native_body(self, call: Call, target: Target, hold: bool) -> bytes:
+        """The client's body for a backend of its own dialect, with the alias applied; with
+        ``hold`` (an Ollama backend whose models Hearth holds), keep_alive -1 unless set."""
+        hold = hold and target.keep_alive is None and call.body.get("keep_alive") is None
+        if not hold and not target.changes_request and target.model == call.body.get("model"):
             return call.raw
         body = dict(call.body)
         body["model"] = target.model
@@ -523,6 +529,8 @@ class Gateway:
                 body["options"] = opts
             if target.keep_alive is not None:
                 body["keep_alive"] = target.keep_alive
+            elif hold:
+                body["keep_alive"] = -1
         else:
             for name, value in target.defaults.items():
                 field = _OPENAI_FIELDS.get(name)

@@ -92,7 +92,9 @@ class BackendSpec:
     max_loaded: int | None = 3  # OLLAMA_MAX_LOADED_MODELS
     memory: float | None = None  # bytes it can hold; None: only max_loaded limits
     fit_fraction: float = 0.8  # Ollama loads alongside only if a model needs <= this of free memory
-    keep_alive: float = 300.0  # seconds an idle model stays loaded (OLLAMA_KEEP_ALIVE)
+    # Seconds an idle model stays loaded (OLLAMA_KEEP_ALIVE); math.inf when Hearth holds models
+    # (sends keep_alive -1): then only its own evictions unload them.
+    keep_alive: float = 300.0
     max_in_flight: int | None = None  # all models together; None: unlimited
 
 
@@ -398,7 +400,7 @@ class Policy:
             if b.switching is not None:
                 times.append(b.switch_ends)
             for r in b.runners.values():
-                if r.in_flight == 0 and b.spec.loads_models:
+                if r.in_flight == 0 and b.spec.loads_models and math.isfinite(b.spec.keep_alive):
                     times.append(r.last_used + b.spec.keep_alive)
         times.extend(self._switch_due)
         times.extend(t + s.session_gap for t in self._served.values())

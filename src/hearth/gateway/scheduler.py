@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -41,7 +42,7 @@ def backend_spec(cfg: BackendSettings) -> BackendSpec:
             slots_per_model=cfg.num_parallel,
             max_loaded=cfg.max_loaded_models,
             memory=None if cfg.memory_gb is None else cfg.memory_gb * 1e9,
-            keep_alive=cfg.keep_alive,
+            keep_alive=math.inf if cfg.hold_models else cfg.keep_alive,
         )
     return BackendSpec(
         cfg.name,

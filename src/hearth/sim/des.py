@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import heapq
 import itertools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -86,8 +87,14 @@ class _Servers:
 
 
 def simulate(
-    wl: Workload, policy: str, settings: PolicySettings | None = None, poll_s: float = 10.0
+    wl: Workload,
+    policy: str,
+    settings: PolicySettings | None = None,
+    poll_s: float = 10.0,
+    hold_models: bool = False,
 ) -> Result:
+    """Play the trace through ``policy``. ``hold_models``: Hearth holds models (the backend
+    setting): its calls carry keep_alive -1, and its policy counts on idle models staying."""
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}: expected one of {', '.join(POLICIES)}")
     clock = _Clock()
@@ -153,7 +160,7 @@ def simulate(
                 max_loaded=s.max_loaded_models,
                 memory=s.memory_gb * GB,
                 fit_fraction=s.fit_fraction,
-                keep_alive=s.keep_alive_s,
+                keep_alive=math.inf if hold_models else s.keep_alive_s,
             )
             for name in servers.names
         ]
@@ -167,6 +174,8 @@ def simulate(
             req.tags["server"] = job.backend
             req.tags["job"] = job
             req.tags["attempt"] = job.preempted
+            if hold_models:
+                req.keep_alive_s = -1.0  # forever, as Ollama reads a negative keep_alive
             model.submit(req, clock.now)
 
         def preempt(job: Job, backend: str) -> None:

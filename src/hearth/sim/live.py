@@ -87,11 +87,12 @@ async def run_live(
     speed: float = 100.0,
     timeout: float = 120.0,
     scheduler: SchedulerSettings | None = None,
+    hold_models: bool = False,
 ) -> LiveResult:
     """Play ``workload`` through ``policy`` ("ollama" or "hearth") at ``speed`` simulated seconds
     per real second. ``timeout``: real seconds to wait after the last arrival; requests still
     going then are cancelled and left unfinished. ``scheduler``: Hearth's, in simulated seconds
-    (default: Hearth's defaults), scaled here."""
+    (default: Hearth's defaults), scaled here. ``hold_models``: the backends' setting."""
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}: expected one of {', '.join(POLICIES)}")
     if not speed > 0 or math.isinf(speed):
@@ -112,7 +113,7 @@ async def run_live(
             targets = {t: (urls[names.index(t) % len(urls)], {}) for t in names}
         else:
             data_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="hearth-sim-"))
-            settings = gateway_settings(workload, urls, speed, data_dir, scheduler)
+            settings = gateway_settings(workload, urls, speed, data_dir, scheduler, hold_models)
             keys = _create_keys(settings, workload.tenants)
             gateway = await stack.enter_async_context(_serve(settings))
             targets = {t: (gateway, {"Authorization": f"Bearer {key}"}) for t, key in keys.items()}
@@ -167,6 +168,7 @@ def gateway_settings(
     speed: float,
     data_dir: str,
     scheduler: SchedulerSettings | None = None,
+    hold_models: bool = False,
 ) -> Settings:
     """Hearth's settings in front of the servers at ``urls``, every duration divided by ``speed``.
 
@@ -185,6 +187,7 @@ def gateway_settings(
             max_loaded_models=s.max_loaded_models,
             memory_gb=s.memory_gb,
             keep_alive=s.keep_alive_s / speed,
+            hold_models=hold_models,
         )
         for i, url in enumerate(urls)
     ]
