@@ -90,41 +90,29 @@ def test_a_preempted_call_reports_its_wait_in_the_queue_and_its_wait_after_preem
     asyncio.run(run())
 
 
-def test_a_call_given_up_at_its_bound_reports_the_whole_wait() -> None:
+@pytest.mark.parametrize("ending", ["given up at the bound", "the client left"])
+def test_a_wait_that_ends_without_a_grant_reports_its_whole_length(ending: str) -> None:
     async def run() -> None:
         clock = Clock()
         sched, who = scheduler(clock, chat={"max_wait": 30})
         waits: list[tuple[int, float]] = []
         first = await sched.acquire(who["chat"], X, ["o"], 10)
-        late = asyncio.create_task(
+        queued = asyncio.create_task(
             sched.acquire(who["chat"], X, ["o"], 10, on_wait=lambda p, w: waits.append((p, w)))
         )
         await settle()
-        clock.t += 30
-        sched.policy.pump(clock())  # what the scheduler's timer does at the bound
-        with pytest.raises(QueueTimeout):
-            await late
-        assert waits == [(1, 30.0)]
-        first.release()
-
-    asyncio.run(run())
-
-
-def test_a_client_that_leaves_the_queue_reports_how_long_it_waited() -> None:
-    async def run() -> None:
-        clock = Clock()
-        sched, who = scheduler(clock, chat={})
-        waits: list[tuple[int, float]] = []
-        first = await sched.acquire(who["chat"], X, ["o"], 10)
-        gone = asyncio.create_task(
-            sched.acquire(who["chat"], X, ["o"], 10, on_wait=lambda p, w: waits.append((p, w)))
-        )
-        await settle()
-        clock.t += 12
-        gone.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await gone
-        assert waits == [(1, 12.0)]
+        if ending == "given up at the bound":
+            clock.t += 30
+            sched.policy.pump(clock())  # what the scheduler's timer does at the bound
+            with pytest.raises(QueueTimeout):
+                await queued
+            assert waits == [(1, 30.0)]
+        else:
+            clock.t += 12
+            queued.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await queued
+            assert waits == [(1, 12.0)]
         assert sched.policy.waiting() == 0
         first.release()
 
