@@ -460,3 +460,22 @@ def test_a_held_model_is_counted_loaded_however_long_it_idles() -> None:
         h.policy.finish(busy[h], 10_000.0)
     assert not held.job("n", 10_000.0).loads  # still loaded: no reload
     assert plain.job("n", 10_000.0).loads
+
+
+def test_aged_batch_work_warms_a_copy_only_into_free_room_and_an_interactive_request_may_evict() -> None:
+    h = Harness(
+        BackendSpec("one", memory=48 * GB, max_loaded=1),
+        BackendSpec("two", memory=48 * GB, max_loaded=1),
+        aging=60.0,
+    )
+    h.loaded("one", {"m": 5 * GB}, also=("n",))
+    h.loaded("two", {"n": 5 * GB}, also=("m",))
+    h.policy.finish(h.job("m", 0.0, tenant="ci", priority=BATCH, max_wait=600.0), 40.0)  # m takes 40 s
+    h.policy.finish(h.job("n", 40.0, tenant="etl", priority=BATCH), 41.0)  # n was used: a reload to come
+    busy = h.job("m", 41.0, tenant="ci", priority=BATCH, max_wait=600.0)
+    aged = h.job("m", 41.0, tenant="ci", priority=BATCH, max_wait=600.0)
+    h.policy.pump(101.0)  # aged into interactive, but a copy on "two" would evict n
+    assert busy.backend == "one" and aged.backend is None
+    chat = h.job("m", 102.0, tenant="chat")  # a person waits behind the busy copy: n goes
+    copied = [j for j in (aged, chat) if j.backend == "two"]
+    assert len(copied) == 1 and copied[0].loads and copied[0].unload == ("n",)

@@ -61,9 +61,9 @@ The policy, in the order it is applied each time anything changes:
    with a free slot first, in the caller's order; otherwise the switch goes where it pays
    most (ties: where the model fits best). A queue for a model that is loaded but busy
    elsewhere warms it on a second backend when its interactive requests (and batch ones aged
-   into them) would wait longer for the loaded copy than the load and the evictions take, at
-   once when that backend has room; fresh batch work waits for the loaded copy until it is
-   urgent.
+   into them, into free room only) would wait longer for the loaded copy than the load and the
+   evictions take, at once when that backend has room; fresh batch work waits for the loaded
+   copy until it is urgent.
 
 Backends that do not load models (OpenAI-compatible servers, cloud APIs) have every model ready
 and ``max_in_flight`` slots in all (unlimited when None).
@@ -583,8 +583,14 @@ class Policy:
                     # and batch work aged into them) would wait longer for the copy that is
                     # loaded than the load and the evictions take. Fresh batch work waits for
                     # the loaded copy until it is urgent: a copy for it would cost a load and
-                    # the memory it holds, to save waits that its bound allows.
-                    first = sum(1 for j in counted if self._class(j, now) == INTERACTIVE)
+                    # the memory it holds, to save waits that its bound allows. Aged batch work
+                    # warms a copy only into free room: evicting a model for it trades that
+                    # model's reload for a wait its bound allows.
+                    first = sum(
+                        1
+                        for j in counted
+                        if self._class(j, now) == INTERACTIVE and (j.priority == INTERACTIVE or not cost)
+                    )
                     backlog = first / elsewhere * self._service_est.get(model, 10.0)
                     if not first or backlog < load + cost:
                         continue
