@@ -249,4 +249,3 @@ class Authenticator:
         """The tenant of an active key, None once it is revoked (the hub's sessions ask)."""
         entry = self._keys_now().get(key_id)
         return None if entry is None else entry[0]
-

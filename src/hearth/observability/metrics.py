@@ -42,6 +42,7 @@ class SchedulerView(Protocol):
 
     def preemptions_by_backend(self) -> dict[str, int]: ...
 
+
 if TYPE_CHECKING:
     from hearth.gateway.records import RequestLog, Trace
 
