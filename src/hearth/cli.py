@@ -352,6 +352,11 @@ def usage(config_path: Path | None, since: str, by: str, tenant: str | None, as_
     "spending at most this many seconds (needs OR-Tools, in the dev extra).",
 )
 @click.option(
+    "--servers",
+    type=click.IntRange(min=1),
+    help="Identical Ollama servers instead of the file's (Ollama alone: service i on server i mod N).",
+)
+@click.option(
     "--hold-models",
     is_flag=True,
     help="Hearth holds models (the backend setting hold_models): its calls carry keep_alive -1.",
@@ -364,6 +369,7 @@ def sim(
     live: bool,
     speed: float | None,
     floor_s: float | None,
+    servers: int | None,
     hold_models: bool,
 ) -> None:
     """Replay a workload against Ollama alone and through Hearth's scheduler, and compare.
@@ -382,6 +388,8 @@ def sim(
         wl = load_workload(workload_path, seed=seed, duration_s=duration)
     except ConfigError as exc:
         raise click.ClickException(exc.message) from exc
+    if servers is not None:
+        wl = dataclasses.replace(wl, servers=servers)
 
     lags: dict[str, dict[str, float]] = {}
     if live:
@@ -415,6 +423,7 @@ def sim(
             "workload": wl.name,
             "seed": wl.seed,
             "duration_s": wl.duration_s,
+            "servers": wl.servers,
             "mode": "live" if live else "des",
             "hold_models": hold_models,
             "policies": rows,

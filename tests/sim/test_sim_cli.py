@@ -64,7 +64,16 @@ def test_a_plain_run_prints_a_row_per_policy_and_the_targets() -> None:
 
 def test_json_holds_both_policies_and_the_comparison() -> None:
     data = run_json()
-    assert set(data) == {"workload", "seed", "duration_s", "mode", "hold_models", "policies", "compare"}
+    assert set(data) == {
+        "workload",
+        "seed",
+        "duration_s",
+        "servers",
+        "mode",
+        "hold_models",
+        "policies",
+        "compare",
+    }
     assert (data["workload"], data["seed"], data["mode"]) == ("reference-homelab-1", 42, "des")
     assert [row["policy"] for row in data["policies"]] == ["ollama", "hearth"]
     for row in data["policies"]:
@@ -108,6 +117,19 @@ def test_hold_models_changes_only_hearths_row() -> None:
     assert held["policies"][0] == plain["policies"][0]
     assert held["policies"][1]["model_loads"] < plain["policies"][1]["model_loads"]
     assert "Hearth holding models" in run("--hold-models").output
+
+
+def test_servers_overrides_the_files_count() -> None:
+    """A second box: Ollama alone no longer keeps voice turns waiting past their bound, and
+    interactive requests wait less under either policy."""
+    one, two = run_json(), run_json("--servers", "2")
+    assert (one["servers"], two["servers"]) == (1, 2)
+    over = [sum(run["policies"][0]["over_bound"].values()) for run in (one, two)]
+    assert over[0] > over[1]
+    for a, b in zip(one["policies"], two["policies"], strict=True):
+        assert b["interactive_wait_p95_s"] < a["interactive_wait_p95_s"]
+    assert "on 2 servers" in run("--servers", "2").output
+    assert run("--servers", "0").exit_code == 2
 
 
 def test_a_bad_workload_file_is_a_clear_error(tmp_path: Path) -> None:
