@@ -61,11 +61,13 @@ def workload(tmp_path_factory: pytest.TempPathFactory) -> Workload:
     return load_workload(path)
 
 
-def play(workload: Workload, policy: str, speed: float = SPEED, timeout: float = 30) -> Played:
+def play(
+    workload: Workload, policy: str, speed: float = SPEED, timeout: float = 30, hold_models: bool = False
+) -> Played:
     """Run live; also what tasks were left on the loop once run_live returned."""
 
     async def go() -> Played:
-        result = await run_live(workload, policy, speed, timeout)
+        result = await run_live(workload, policy, speed, timeout, hold_models=hold_models)
         return result, asyncio.all_tasks() - {asyncio.current_task()}
 
     return asyncio.run(go())
@@ -230,3 +232,28 @@ requests:
     assert turn.completed and turn.wait_s is not None and turn.wait_s < 30
     assert meal.completed and meal.started_at is not None and meal.started_at > turn.arrival.t
     assert result.loads == 3  # big, voice, big again
+
+
+def test_a_held_model_outlives_the_servers_keep_alive_through_the_real_gateway(tmp_path: Path) -> None:
+    """As in test_des.py: ten idle minutes between two calls, a 5-minute keep_alive on the
+    server. Hearth's calls carry keep_alive -1 with hold_models, and the emulated Ollama keeps
+    the model; without it, the model is unloaded in between and loaded again."""
+    path = tmp_path / "w.yaml"
+    path.write_text("""\
+name: idle-gap
+seed: 1
+duration_s: 1000
+server: {memory_gb: 48, max_loaded_models: 3, num_parallel: 1, keep_alive_s: 300}
+models:
+  a: {size_gb: 5, tokens_per_s: 50, prompt_tokens_per_s: 500}
+tenants:
+  x: {priority: interactive}
+requests:
+  - {t: 0, tenant: x, model: a, prompt_tokens: 100, output_tokens: 50}
+  - {t: 600, tenant: x, model: a, prompt_tokens: 100, output_tokens: 50}
+""")
+    wl = load_workload(path)
+    held, _ = play(wl, "hearth", speed=1000.0, hold_models=True)
+    plain, _ = play(wl, "hearth", speed=1000.0)
+    assert all(o.completed for o in held.outcomes + plain.outcomes)
+    assert (held.loads, plain.loads) == (1, 2)
