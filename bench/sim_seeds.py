@@ -20,6 +20,7 @@ Home Assistant turns at once on one slot), which no choice of what to load can a
     .venv/bin/python bench/sim_seeds.py --floor 300    # and each seed's loads floor (slow)
     .venv/bin/python bench/sim_seeds.py --duration 14400  # four hours of traffic per seed
     .venv/bin/python bench/sim_seeds.py --hold-models  # Hearth holds models (keep_alive -1)
+    .venv/bin/python bench/sim_seeds.py --compute-runners 2  # runners share 2 runners' compute
     .venv/bin/python bench/sim_seeds.py --servers 2    # two Ollama boxes (clients alone: service i
                                                        # on box i mod 2)
 """
@@ -82,10 +83,13 @@ def seed_row(
     duration_s: float | None = None,
     servers: int | None = None,
     hold_models: bool = False,
+    compute_runners: float | None = None,
 ) -> Row:
     wl = reference_workload(seed=seed, duration_s=duration_s)
     if servers is not None:
         wl = dataclasses.replace(wl, servers=servers)
+    if compute_runners is not None:
+        wl = dataclasses.replace(wl, server=dataclasses.replace(wl.server, compute_runners=compute_runners))
     rows: dict[str, dict[str, Any]] = {}
     preempted = 0
     for policy in ("ollama", "hearth"):
@@ -128,10 +132,13 @@ def main() -> None:
     ap.add_argument("--floor", type=float, metavar="S", help="each seed's loads floor, S seconds at most")
     ap.add_argument("--servers", type=int, metavar="N", help="identical Ollama servers (default 1)")
     ap.add_argument("--hold-models", action="store_true", help="Hearth holds models (keep_alive -1)")
+    ap.add_argument(
+        "--compute-runners", type=float, metavar="C", help="runners share C runners' worth of compute"
+    )
     args = ap.parse_args()
     settings = PolicySettings(preempt=not args.no_preempt)
     rows = [
-        seed_row(s, settings, args.floor, args.duration, args.servers, args.hold_models)
+        seed_row(s, settings, args.floor, args.duration, args.servers, args.hold_models, args.compute_runners)
         for s in parse_seeds(args.seeds)
     ]
     ratios = [r.throughput_ratio for r in rows]

@@ -390,6 +390,8 @@ def sim(
         raise click.ClickException(exc.message) from exc
     if servers is not None:
         wl = dataclasses.replace(wl, servers=servers)
+    if live and wl.server.compute_runners is not None:
+        raise click.UsageError("server.compute_runners is modelled by the discrete-event simulator only")
 
     lags: dict[str, dict[str, float]] = {}
     if live:

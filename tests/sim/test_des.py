@@ -154,3 +154,66 @@ def test_holding_models_loads_no_more_on_any_reference_trace(servers: int) -> No
         assert h <= p, seed
         held, plain = held + h, plain + p
     assert held < plain
+
+
+SHARED = """
+name: shared
+seed: 1
+duration_s: 100
+server: {{memory_gb: 48, max_loaded_models: 2, num_parallel: 1, load_fixed_s: 0, load_gbps: 1000{extra}}}
+models:
+  a: {{size_gb: 1, tokens_per_s: 10, prompt_tokens_per_s: 100}}
+  b: {{size_gb: 1, tokens_per_s: 10, prompt_tokens_per_s: 100}}
+tenants:
+  x: {{priority: interactive}}
+  y: {{priority: interactive}}
+requests:
+  - {{t: 0, tenant: x, model: a, prompt_tokens: 100, output_tokens: 100}}
+  - {{t: 0, tenant: y, model: b, prompt_tokens: 100, output_tokens: 50}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("extra", "ends"),
+    [
+        ("", (11.0, 6.0)),  # every runner at full speed: 11 s and 6 s of work
+        (", compute_runners: 2", (11.0, 6.0)),  # room for both
+        # One runner's worth: both at half speed until b's 6 s of work are done at 12 s; then a
+        # has 5 s left alone, ending at 17 s.
+        (", compute_runners: 1", (17.0, 12.0)),
+    ],
+)
+def test_runners_share_the_servers_compute(tmp_path: Path, extra: str, ends: tuple[float, float]) -> None:
+    path = tmp_path / "w.yaml"
+    path.write_text(SHARED.format(extra=extra))
+    wl = load_workload(path)
+    a, b = simulate(wl, "ollama").outcomes  # both sent at once, loaded in 1 ms each
+    assert (a.finished_at, b.finished_at) == (
+        pytest.approx(ends[0], abs=0.01),
+        pytest.approx(ends[1], abs=0.01),
+    )
+
+
+def test_a_preempted_run_stops_taking_its_share(tmp_path: Path) -> None:
+    """With one runner's worth of compute, the voice turn runs at full speed once the meal call
+    it preempted has stopped (the meal call's share is gone, not just its answer)."""
+    path = tmp_path / "w.yaml"
+    text = PREEMPTION.format(stream="false").replace("load_gbps: 2}", "load_gbps: 2, compute_runners: 1}")
+    assert "compute_runners: 1" in text
+    path.write_text(text)
+    meal, turn = simulate(load_workload(path), "hearth").outcomes
+    assert meal.preempted == 1 and turn.completed
+    assert turn.finished_at is not None and turn.started_at is not None
+    assert turn.finished_at - turn.started_at == pytest.approx(turn.service_s)
+
+
+def test_enough_compute_for_every_runner_changes_nothing() -> None:
+    """Three models, one slot each: at most three requests run at once on the reference."""
+    plain = reference_workload(seed=42)
+    roomy = dataclasses.replace(plain, server=dataclasses.replace(plain.server, compute_runners=3))
+    for policy in ("ollama", "hearth"):
+        a, b = simulate(plain, policy), simulate(roomy, policy)
+        assert a.loads == b.loads
+        assert [(o.started_at, o.finished_at) for o in a.outcomes] == [
+            (pytest.approx(o.started_at), pytest.approx(o.finished_at)) for o in b.outcomes
+        ]

@@ -6,6 +6,7 @@ run in the same range as the simulator."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -204,6 +205,12 @@ def test_bad_arguments_are_refused_before_anything_starts(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         asyncio.run(run_live(workload, policy, speed))
+
+
+def test_shared_compute_is_refused_live(workload: Workload) -> None:
+    shared = dataclasses.replace(workload, server=dataclasses.replace(workload.server, compute_runners=1.0))
+    with pytest.raises(ValueError, match="discrete-event simulator only"):
+        asyncio.run(run_live(shared, "hearth", SPEED))
 
 
 def test_a_voice_turn_preempts_a_batch_call_through_the_real_gateway(tmp_path: Path) -> None:

@@ -132,6 +132,17 @@ def test_servers_overrides_the_files_count() -> None:
     assert run("--servers", "0").exit_code == 2
 
 
+def test_compute_runners_is_refused_live(tmp_path: Path) -> None:
+    """The HTTP emulator runs every runner at full speed: a shared-compute workload would not be
+    what it says there."""
+    path = tmp_path / "shared.yaml"
+    path.write_text(SMALL.replace("max_loaded_models: 1}", "max_loaded_models: 1, compute_runners: 1}"))
+    assert run("--workload", str(path)).exit_code == 0
+    refused = run("--workload", str(path), "--live")
+    assert refused.exit_code == 2
+    assert "compute_runners is modelled by the discrete-event simulator only" in refused.output
+
+
 def test_a_bad_workload_file_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(SMALL.replace("per_hour: 60", "per_hour: lots"))

@@ -339,7 +339,8 @@ def test_every_server_spec_field_can_be_set_and_the_rest_keep_their_defaults(tmp
     default = ServerSpec()
     for f in dataclasses.fields(ServerSpec):
         value = getattr(default, f.name)
-        changed: Any = value + 1 if f.name != "fit_fraction" else 0.5
+        special = {"fit_fraction": 0.5, "compute_runners": 2.0}  # at most 1; None by default
+        changed: Any = special[f.name] if f.name in special else value + 1
         w = load(tmp_path, doc({}, server={f.name: changed}))
         assert w.server == dataclasses.replace(default, **{f.name: changed})
 
@@ -444,6 +445,7 @@ DELETE = object()
         ("models/m/speed", 1, r"models\.m\.speed: unknown key"),
         ("server", {"ram_gb": 3}, r"server\.ram_gb: unknown key"),
         ("server", {"fit_fraction": 1.5}, r"server\.fit_fraction: Expected `float` <= 1"),
+        ("server", {"compute_runners": 0}, r"server\.compute_runners: Expected `float` > 0"),
         ("servers", 0, r"servers: Expected `int` >= 1"),
         ("duration_s", 0, r"duration_s: Expected `float` > 0"),
         ("seed", "x", r"seed: Expected `int`, got `str`"),

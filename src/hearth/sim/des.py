@@ -7,7 +7,9 @@ code the gateway runs), which sends it to a server when it grants a slot, unload
 it chose to evict first, and polls the servers' loaded models every ``poll_s`` as discovery does.
 
 Both use the same model of Ollama (``sim/ollama.py``) and report the same figures: a request's
-wait runs from its arrival to the moment its prompt evaluation starts on a loaded runner.
+wait runs from its arrival to the moment its prompt evaluation starts on a loaded runner. With
+``server.compute_runners`` set, the requests running on a server share its compute (``_Shared``);
+otherwise each runs at its model's full speed.
 Events are ordered by time, then by the order they were scheduled, so a run is deterministic.
 """
 
@@ -54,6 +56,76 @@ class _Clock:
             self.now = t
             action()
             after_each()
+
+
+@dataclass(slots=True, eq=False)
+class _Run:
+    work: float  # solo seconds left to its end
+    first: float | None  # solo seconds left to its first byte; None once it came
+    on_first: Callable[[], None]
+    on_done: Callable[[], None]
+
+
+class _Shared:
+    """One server's compute, shared by the requests running on it (``ServerSpec.compute_runners``):
+    with k running, each progresses at min(1, capacity / k) of its solo speed. One timer is kept
+    for the next first byte or end; a change in k re-times every run."""
+
+    def __init__(self, clock: _Clock, capacity: float) -> None:
+        self.clock = clock
+        self.capacity = capacity
+        self.runs: dict[int, _Run] = {}
+        self.t = 0.0
+        self.version = 0
+
+    def _rate(self) -> float:
+        return min(1.0, self.capacity / len(self.runs)) if self.runs else 1.0
+
+    def _advance(self) -> None:
+        done = (self.clock.now - self.t) * self._rate()
+        for r in self.runs.values():
+            r.work -= done
+            if r.first is not None:
+                r.first -= done
+        self.t = self.clock.now
+
+    def _arm(self) -> None:
+        self.version += 1
+        if not self.runs:
+            return
+        rate = self._rate()
+        nearest = min(r.work if r.first is None else r.first for r in self.runs.values())  # first <= work
+        self.clock.at(self.clock.now + max(0.0, nearest) / rate, functools.partial(self._fire, self.version))
+
+    def start(
+        self, key: int, work: float, first: float, on_first: Callable[[], None], on_done: Callable[[], None]
+    ) -> None:
+        self._advance()
+        self.runs[key] = _Run(work, first, on_first, on_done)
+        self._arm()
+
+    def stop(self, key: int) -> None:
+        """The run was aborted (preempted): it no longer takes a share."""
+        self._advance()
+        if self.runs.pop(key, None) is not None:
+            self._arm()
+
+    def _fire(self, version: int) -> None:
+        if version != self.version:
+            return  # re-timed since
+        self._advance()
+        eps = 1e-9
+        firsts = [r for r in self.runs.values() if r.first is not None and r.first <= eps]
+        ends = [(k, r) for k, r in self.runs.items() if r.work <= eps]
+        for r in firsts:
+            r.first = None
+        for k, _ in ends:
+            del self.runs[k]
+        self._arm()
+        for r in firsts:
+            r.on_first()
+        for _, r in ends:
+            r.on_done()
 
 
 class _Servers:
@@ -127,8 +199,13 @@ def simulate(
                 # What Ollama reports as load_duration: queueing and loading before the start.
                 pol.finish(job, clock.now, load_seconds=now - req.submitted_at if job.loads else None)
 
-        clock.at(now + first_byte, first)
-        clock.at(now + model.generation_seconds(req), done)
+        if shared is None:
+            clock.at(now + first_byte, first)
+            clock.at(now + model.generation_seconds(req), done)
+        else:
+            shared[str(req.tags["server"])].start(
+                req.id, model.generation_seconds(req), first_byte, first, done
+            )
 
     def on_reject(req: SimRequest, now: float) -> None:
         outcomes[req.id].rejected = req.rejected or "server busy"
@@ -137,6 +214,8 @@ def simulate(
             pol.finish(job, now, ok=False)
 
     servers = _Servers(wl, clock, on_start, on_reject)
+    capacity = wl.server.compute_runners
+    shared = None if capacity is None else {name: _Shared(clock, capacity) for name in servers.names}
     tenant_names = list(wl.tenants)
 
     def request(i: int, a: Arrival, server: str) -> SimRequest:
@@ -188,6 +267,8 @@ def simulate(
             o.started_at = None
             o.preempted += 1
             req.tags["attempt"] = -1
+            if shared is not None:
+                shared[backend].stop(req.id)
             servers.models[backend].cancel(req, clock.now)
             req.started_at = req.finished_at = None
 

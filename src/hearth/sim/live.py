@@ -97,6 +97,8 @@ async def run_live(
         raise ValueError(f"unknown policy {policy!r}: expected one of {', '.join(POLICIES)}")
     if not speed > 0 or math.isinf(speed):
         raise ValueError("speed must be a positive number")
+    if workload.server.compute_runners is not None:
+        raise ValueError("server.compute_runners is modelled by the discrete-event simulator only")
     server, models = compressed(workload, speed)
     # One line of streamed tokens per simulated second, as the emulator sends by default.
     emulators = [EmulatedOllama(server, models, 1.0, 1.0 / speed) for _ in range(workload.servers)]

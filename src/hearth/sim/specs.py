@@ -40,6 +40,11 @@ class ServerSpec:
     load_fixed_s: float = 2.0  # load time = load_fixed_s + size_gb / load_gbps
     load_gbps: float = 2.0
     fit_fraction: float = 0.8  # a model loads alongside others only if it needs <= this of free memory
+    # Runners' worth of compute the box has. None: every runner generates at its model's full
+    # speed however many run at once. A number C: k requests running at once each go at
+    # min(1, C / k) of their speed, as runners on one CPU share its cores and memory bandwidth
+    # (the discrete-event simulator only).
+    compute_runners: float | None = None
 
     def load_seconds(self, model: ModelSpec) -> float:
         return self.load_fixed_s + model.size_gb / self.load_gbps

@@ -191,6 +191,7 @@ class _Server(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     load_fixed_s: _NonNegFloat | msgspec.UnsetType = msgspec.UNSET
     load_gbps: _PosFloat | msgspec.UnsetType = msgspec.UNSET
     fit_fraction: Annotated[float, msgspec.Meta(gt=0, le=1)] | msgspec.UnsetType = msgspec.UNSET
+    compute_runners: _PosFloat | msgspec.UnsetType | None = msgspec.UNSET
 
 
 class _Model(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
