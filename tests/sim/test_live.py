@@ -10,6 +10,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from tests.sim.test_des import IDLE_GAP
 
 from hearth.sim.des import simulate
 from hearth.sim.live import LiveResult, compressed, gateway_settings, run_live
@@ -242,23 +243,11 @@ requests:
 
 
 def test_a_held_model_outlives_the_servers_keep_alive_through_the_real_gateway(tmp_path: Path) -> None:
-    """As in test_des.py: ten idle minutes between two calls, a 5-minute keep_alive on the
-    server. Hearth's calls carry keep_alive -1 with hold_models, and the emulated Ollama keeps
-    the model; without it, the model is unloaded in between and loaded again."""
+    """IDLE_GAP from test_des.py: ten idle minutes between two calls, a 5-minute keep_alive on
+    the server. Hearth's calls carry keep_alive -1 with hold_models, and the emulated Ollama
+    keeps the model; without it, the model is unloaded in between and loaded again."""
     path = tmp_path / "w.yaml"
-    path.write_text("""\
-name: idle-gap
-seed: 1
-duration_s: 1000
-server: {memory_gb: 48, max_loaded_models: 3, num_parallel: 1, keep_alive_s: 300}
-models:
-  a: {size_gb: 5, tokens_per_s: 50, prompt_tokens_per_s: 500}
-tenants:
-  x: {priority: interactive}
-requests:
-  - {t: 0, tenant: x, model: a, prompt_tokens: 100, output_tokens: 50}
-  - {t: 600, tenant: x, model: a, prompt_tokens: 100, output_tokens: 50}
-""")
+    path.write_text(IDLE_GAP)
     wl = load_workload(path)
     held, _ = play(wl, "hearth", speed=1000.0, hold_models=True)
     plain, _ = play(wl, "hearth", speed=1000.0)
