@@ -138,7 +138,15 @@ def main() -> None:
     args = ap.parse_args()
     settings = PolicySettings(preempt=not args.no_preempt)
     rows = [
-        seed_row(s, settings, args.floor, args.duration, args.servers, args.hold_models, args.compute_runners)
+        seed_row(
+            s,
+            settings,
+            floor_s=args.floor,
+            duration_s=args.duration,
+            servers=args.servers,
+            hold_models=args.hold_models,
+            compute_runners=args.compute_runners,
+        )
         for s in parse_seeds(args.seeds)
     ]
     ratios = [r.throughput_ratio for r in rows]
