@@ -390,8 +390,6 @@ def sim(
         raise click.ClickException(exc.message) from exc
     if servers is not None:
         wl = dataclasses.replace(wl, servers=servers)
-    if live and wl.server.compute_runners is not None:
-        raise click.UsageError("server.compute_runners is modelled by the discrete-event simulator only")
 
     lags: dict[str, dict[str, float]] = {}
     if live:
@@ -402,7 +400,10 @@ def sim(
         async def run_both(speed: float) -> list[LiveResult]:
             return [await run_live(wl, policy, speed, hold_models=hold_models) for policy in POLICIES]
 
-        results = asyncio.run(run_both(speed))
+        try:
+            results = asyncio.run(run_both(speed))
+        except ValueError as exc:  # refused before anything starts (run_live checks its input)
+            raise click.UsageError(str(exc)) from exc
         rows = [summarize(r.policy, r.outcomes, r.loads, wl.tenants) for r in results]
         for row, r in zip(rows, results, strict=True):
             row["preempted"] = r.preemptions  # clients cannot see it; the gateway counts it
