@@ -112,6 +112,14 @@ def test_alias_shorthand_names_just_the_model(tmp_path: Path) -> None:
     assert s.aliases["rag"].options == {"num_ctx": 8192}
 
 
+def test_a_keep_alive_ollama_could_not_read_is_refused_with_its_key(tmp_path: Path) -> None:
+    p = write(tmp_path, "aliases:\n  voice: {model: 'phi4:14b', keep_alive: 1h30m}\n")
+    assert load_settings(p, env={}).aliases["voice"].keep_alive == "1h30m"
+    p = write(tmp_path, "models:\n  'phi4:14b': {keep_alive: soon}\n")
+    with pytest.raises(ConfigError, match=r"models\.phi4:14b\.keep_alive: expected seconds"):
+        load_settings(p, env={})
+
+
 def test_invalid_yaml_is_reported_with_the_file(tmp_path: Path) -> None:
     p = write(tmp_path, "server: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):

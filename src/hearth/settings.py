@@ -22,6 +22,7 @@ import msgspec
 import yaml
 
 from hearth.errors import ConfigError
+from hearth.protocol.ollama import parse_keep_alive
 
 DEFAULT_PORT = 11435
 ENV_PREFIX = "HEARTH_"
@@ -545,6 +546,17 @@ def _check(s: Settings) -> None:
     for name, alias in s.aliases.items():
         if alias.model == name:
             raise ConfigError(f"invalid config: aliases.{name}.model: an alias cannot point at itself")
+    defaults: list[tuple[str, ModelDefaults]] = [
+        *((f"aliases.{n}", a) for n, a in s.aliases.items()),
+        *((f"models.{n}", m) for n, m in s.models.items()),
+    ]
+    for where, d in defaults:
+        try:
+            parse_keep_alive(d.keep_alive)
+        except ValueError:
+            raise ConfigError(
+                f"invalid config: {where}.keep_alive: expected seconds or a duration like '5m' or '1h30m'"
+            ) from None
     for i, ch in enumerate(s.alerts.channels):
         _check_channel(f"alerts.channels[{i}]", ch)
 

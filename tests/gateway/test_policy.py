@@ -462,6 +462,40 @@ def test_a_held_model_is_counted_loaded_however_long_it_idles() -> None:
     assert plain.job("n", 10_000.0).loads
 
 
+def test_a_request_s_own_keep_alive_decides_how_long_its_model_is_counted_loaded() -> None:
+    """Ollama keeps a model once idle for the keep_alive of the last request sent to it (Home
+    Assistant sends -1: forever). The policy counts on the same, not on the backend's default."""
+    h = Harness(BackendSpec("b", memory=48 * GB, max_loaded=2, keep_alive=300.0))
+    h.loaded("b", {}, also=("voice", "chat", "coder"))
+    voice = h.job("voice", 0.0, keep_alive=-1.0)
+    h.policy.started(voice, 3.0)  # loaded: the backend may take the next load
+    chat = h.job("chat", 3.0)
+    assert voice.loads and chat.loads
+    h.policy.finish(voice, 10.0)
+    h.policy.finish(chat, 10.0)
+    # Past the default keep_alive: chat is gone, voice is still there. A request for coder loads
+    # into chat's room and evicts nothing; voice is served without a load.
+    coder = h.job("coder", 1_000.0)
+    assert coder.loads and coder.unload == ()
+    again = h.job("voice", 1_000.0)
+    assert again.backend == "b" and not again.loads
+    # The last request wins: one without keep_alive puts voice back on the default.
+    h.policy.finish(again, 1_010.0)
+    h.policy.finish(coder, 1_010.0)
+    assert h.job("voice", 1_320.0).loads
+
+
+def test_a_keep_alive_0_request_leaves_its_model_unloaded_once_done() -> None:
+    h = Harness(BackendSpec("b", memory=48 * GB, max_loaded=1, keep_alive=300.0))
+    h.loaded("b", {}, also=("once", "next"))
+    once = h.job("once", 0.0, keep_alive=0.0)
+    waiting = h.job("next", 1.0)  # one model at a time: waits for once to go
+    assert once.loads and waiting.backend is None
+    h.policy.finish(once, 5.0)
+    # Ollama unloaded it: the room is free, nothing needs evicting, and a new request for it loads.
+    assert waiting.backend == "b" and waiting.loads and waiting.unload == ()
+
+
 def test_aged_batch_work_warms_a_copy_only_into_free_room_and_an_interactive_request_may_evict() -> None:
     h = Harness(
         BackendSpec("one", memory=48 * GB, max_loaded=1),

@@ -489,6 +489,33 @@ def test_without_hold_models_the_servers_own_keep_alive_applies(live: Any) -> No
         assert ["keep_alive" in body_of(r) for r in o.requests_to("/api/chat")] == [False, False]
 
 
+def test_the_scheduler_counts_on_the_keep_alive_each_call_carried(live: Any) -> None:
+    """Home Assistant sends keep_alive -1, so Ollama keeps its model however long it idles: the
+    scheduler must count it loaded, not gone after the server's default. The last call to a
+    model decides, as in Ollama; an alias's keep_alive wins over the client's."""
+    with FakeOllama(models=[MODEL, OTHER]) as o:
+        aliases = {"aliases": {"voice-short": {"model": OTHER, "keep_alive": "10m"}}}
+        hearth = live(settings_for(o, keep_alive=120, extra=aliases))
+
+        def kept() -> dict[str, Any]:
+            [backend] = queue(hearth)["backends"]
+            return {m["model"]: m["keep_alive_s"] for m in backend["models"]}
+
+        with ollama.Client(host=hearth.url) as client:
+            say = [{"role": "user", "content": "turn on the lights"}]
+            client.chat(model=MODEL, messages=say, keep_alive=-1, options={"num_predict": 2})
+            client.chat(model=OTHER, messages=say, options={"num_predict": 2})
+            assert kept() == {MODEL: -1, OTHER: 120.0}
+            client.chat(model="voice-short", messages=say, keep_alive=-1, options={"num_predict": 2})
+            client.chat(model=MODEL, messages=say, keep_alive="1h30m", options={"num_predict": 2})
+            assert kept() == {MODEL: 5400.0, OTHER: 600.0}
+            # A keep_alive Ollama could not read is the client's error, in Ollama's shape.
+            with pytest.raises(ollama.ResponseError) as err:
+                client.chat(model=MODEL, messages=say, keep_alive="soon")
+        assert err.value.status_code == 400 and "keep_alive" in err.value.error
+        assert len(o.requests_to("/api/chat")) == 4  # the bad one never reached the backend
+
+
 # ---- preemption --------------------------------------------------------------------------------
 
 

@@ -17,7 +17,8 @@ import httpx
 import ollama
 import pytest
 
-from hearth.sim.emulator import BUSY, EmulatedOllama, parse_keep_alive
+from hearth.protocol.ollama import parse_keep_alive
+from hearth.sim.emulator import BUSY, EmulatedOllama
 from hearth.sim.specs import ModelSpec, ServerSpec
 
 # Loads take 2 s + size / 2 GB/s (simulated): 3 s for "a:1b", 4 s for "b:4b".

@@ -51,6 +51,7 @@ from hearth.protocol.canonical import (
     EmbedResult,
     Endpoint,
 )
+from hearth.protocol.ollama import parse_keep_alive
 
 log = logging.getLogger("hearth.gateway")
 
@@ -395,7 +396,13 @@ class Gateway:
                     break
                 # The scheduler picks the backend among the candidates and says when to send.
                 ticket = await self.scheduler.acquire(
-                    call.principal, target.model, names, trace.estimate, preemptible, trace.queued
+                    call.principal,
+                    target.model,
+                    names,
+                    trace.estimate,
+                    preemptible,
+                    trace.queued,
+                    _keep_alive_s(call.request, target),
                 )
                 trace.attempts += 1
                 trace.served_model = target.model
@@ -579,6 +586,13 @@ async def _buffered(chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
 
 def _wants_stream(call: Call) -> bool:
     return bool(getattr(call.request, "stream", False))
+
+
+def _keep_alive_s(req: CanonicalRequest, target: Target) -> float | None:
+    """The keep_alive the call will carry (an alias's, else the client's), in seconds; None
+    when it carries none (the backend's default, or -1 where Hearth holds models)."""
+    value = target.keep_alive if target.keep_alive is not None else req.keep_alive
+    return parse_keep_alive(value)  # both were checked: the client's on decoding, an alias's on loading
 
 
 def _retarget(req: CanonicalRequest, target: Target) -> CanonicalRequest:

@@ -5,8 +5,10 @@ so the simulator measures this very code.
 
 What it knows of each backend: parallel slots per model (Ollama's OLLAMA_NUM_PARALLEL), how many
 models and how much memory it can hold, which models are loaded (its own grants, reconciled
-with /api/ps), each model's size, and a load-time estimate per model (size / bandwidth plus a
-fixed part until a load is observed, then a moving average of observed loads).
+with /api/ps) and how long each stays once idle (as in Ollama, the keep_alive of the last call
+sent to it: a client's, such as Home Assistant's -1, or an alias's; else the backend's), each
+model's size, and a load-time estimate per model (size / bandwidth plus a fixed part until a
+load is observed, then a moving average of observed loads).
 
 The policy, in the order it is applied each time anything changes:
 
@@ -136,6 +138,9 @@ class Job:
     # The driver may abort it while it runs and send it again later (a batch call whose client
     # gets nothing before the end: no stream).
     preemptible: bool = False
+    # What the call asks the backend to keep its model loaded for once idle, in seconds (an
+    # Ollama keep_alive; negative: forever); None: the backend's default.
+    keep_alive: float | None = None
     # Set by the policy.
     seq: int = 0
     position: int = 0  # its place in the queue for its model when it arrived (1: next); 0: not queued
@@ -156,6 +161,9 @@ class _Runner:
     last_used: float = 0.0
     draining: bool = False
     jobs: list[Job] = field(default_factory=list)  # in flight here
+    # Seconds it stays loaded once idle, as the last request sent to it asked (Ollama: the last
+    # one wins); math.inf: forever; None: the backend's default.
+    keep_alive: float | None = None
 
     @property
     def in_flight(self) -> int:
@@ -400,8 +408,8 @@ class Policy:
             if b.switching is not None:
                 times.append(b.switch_ends)
             for r in b.runners.values():
-                if r.in_flight == 0 and b.spec.loads_models and math.isfinite(b.spec.keep_alive):
-                    times.append(r.last_used + b.spec.keep_alive)
+                if r.in_flight == 0 and b.spec.loads_models and math.isfinite(_kept(b, r)):
+                    times.append(r.last_used + _kept(b, r))
         times.extend(self._switch_due)
         times.extend(t + s.session_gap for t in self._served.values())
         for value, then in self._interactive.values():
@@ -447,6 +455,8 @@ class Policy:
                             "draining": r.draining,
                             "size": r.size,
                             "idle_s": None if r.in_flight else round(now - r.last_used, 3),
+                            # How long it stays once idle, as its last request asked; -1: forever.
+                            "keep_alive_s": -1 if math.isinf(_kept(b, r)) else _kept(b, r),
                         }
                         for r in b.runners.values()
                     ],
@@ -488,7 +498,7 @@ class Policy:
                 b.switching = None
             if b.spec.loads_models:
                 for r in [r for r in b.runners.values() if r.in_flight == 0 and not r.loading]:
-                    if now - r.last_used >= b.spec.keep_alive:
+                    if now - r.last_used >= _kept(b, r):
                         del b.runners[r.model]  # the backend unloads idle models after keep_alive
         for tenants in list(self._queues.values()):
             for q in list(tenants.values()):
@@ -828,7 +838,7 @@ class Policy:
         if r is None:
             if not b.spec.loads_models:
                 r = b.runners[model] = _Runner(model, 0.0, last_used=now)
-        elif r.in_flight == 0 and not r.loading and now - r.last_used >= b.spec.keep_alive:
+        elif r.in_flight == 0 and not r.loading and now - r.last_used >= _kept(b, r):
             del b.runners[model]  # idle past keep_alive: the backend has unloaded it
             return None
         return r
@@ -838,6 +848,8 @@ class Policy:
         job.granted_at = now
         r.jobs.append(job)
         r.last_used = now
+        ka = job.keep_alive
+        r.keep_alive = math.inf if ka is not None and ka < 0 else ka
         b.in_flight += 1
         self.grants += 1
         start = max(self._vtime, self._finish_tag.get(job.tenant, 0.0))
@@ -917,3 +929,8 @@ class Policy:
 
     def _free(self, b: _Backend) -> float:
         return (b.spec.memory or math.inf) - b.used()
+
+
+def _kept(b: _Backend, r: _Runner) -> float:
+    """Seconds ``r`` stays loaded on ``b`` once idle."""
+    return b.spec.keep_alive if r.keep_alive is None else r.keep_alive

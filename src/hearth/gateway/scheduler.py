@@ -179,12 +179,14 @@ class Scheduler:
         cost: float,
         preemptible: bool = False,
         on_wait: OnWait | None = None,
+        keep_alive: float | None = None,
     ) -> Ticket:
         """Wait for a slot on one of ``backends`` (in order of preference) for ``model``.
         ``preemptible``: the caller reads the whole answer before sending anything on, so the
         call may be aborted and sent again (only a batch tenant's call ever is). ``on_wait`` is
         told of every wait that ends, this one and those after a preemption, granted or not
-        (timed out, the client gone)."""
+        (timed out, the client gone). ``keep_alive``: the seconds the call asks the backend to
+        keep the model once idle (negative: forever), None for the backend's default."""
         p = who.policy
         now = self.now()
         job = Job(
@@ -198,6 +200,7 @@ class Scheduler:
             cost=max(cost, 1.0),
             tag=_Wait(on_wait, now),
             preemptible=preemptible,
+            keep_alive=keep_alive,
         )
         policy = self.policy
         policy.submit(job, now)

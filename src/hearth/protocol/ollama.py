@@ -5,6 +5,8 @@ the canonical model, in both directions: client requests and NDJSON responses, b
 from __future__ import annotations
 
 import datetime as _dt
+import math
+import re
 
 from hearth.errors import BadRequest, UpstreamError
 from hearth.protocol._fields import (
@@ -51,6 +53,7 @@ __all__ = [
     "encode_generate",
     "encode_generate_chunk",
     "now_iso",
+    "parse_keep_alive",
 ]
 
 # Ollama's final-chunk fields in the order Ollama writes them, with the Usage attribute each carries.
@@ -82,9 +85,41 @@ def _format(d: JSON) -> str | JSON | None:
 
 def _keep_alive(d: JSON) -> str | int | float | None:
     value = d.get("keep_alive")
-    if value is None or (isinstance(value, (str, int, float)) and not isinstance(value, bool)):
-        return value
-    raise _bad_type("keep_alive", "a duration string or a number of seconds")
+    if value is not None and (not isinstance(value, (str, int, float)) or isinstance(value, bool)):
+        raise _bad_type("keep_alive", "a duration string or a number of seconds")
+    try:
+        parse_keep_alive(value)
+    except ValueError:
+        raise _bad_value("keep_alive", "a number of seconds or a duration like '5m' or '1h30m'") from None
+    return value  # sent on as the client wrote it
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_keep_alive(value: object) -> float | None:
+    """A request's keep_alive in seconds (negative: forever); None when absent. Numbers are
+    seconds; strings are Go durations ("5m", "1h30m", "-1s") or numbers of seconds ("0", "-1").
+    Raises ValueError otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value):
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            body = text.lstrip("+-")
+            parts = _DURATION.findall(body)
+            if parts and "".join(n + u for n, u in parts) == body:
+                sign = -1.0 if text.startswith("-") else 1.0
+                return sign * sum(float(n) * _UNIT_S[u] for n, u in parts)
+        else:
+            if not math.isnan(seconds):
+                return seconds
+    raise ValueError(f"invalid keep_alive {value!r}: expected seconds or a duration like '5m'")
 
 
 def _think(d: JSON) -> bool | str | None:

@@ -20,7 +20,6 @@ import asyncio
 import hashlib
 import itertools
 import json
-import math
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -29,10 +28,12 @@ from typing import Any
 
 from aiohttp import web
 
+from hearth.protocol.ollama import parse_keep_alive
+
 from .ollama import OllamaModel
 from .specs import ModelSpec, ServerSpec, SimRequest
 
-__all__ = ["EmulatedOllama", "parse_keep_alive"]
+__all__ = ["EmulatedOllama"]
 
 VERSION = "0.12.0"
 BUSY = "server busy, please try again.  maximum pending requests exceeded"
@@ -40,33 +41,6 @@ DEFAULT_NUM_PREDICT = 128
 CONTEXT_LENGTH = 4096
 GB = 1e9
 _FOREVER_S = 2**63 / 1e9  # Go's largest duration, what Ollama keeps a keep_alive -1 model for
-
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_keep_alive(value: object) -> float | None:
-    """A request's keep_alive in seconds (negative: forever); None when absent. Numbers are
-    seconds; strings are Go durations ("5m", "1h30m", "-1s") or numbers of seconds ("0", "-1").
-    Raises ValueError otherwise."""
-    if value is None:
-        return None
-    if isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value):
-        return float(value)
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            seconds = float(text)
-        except ValueError:
-            body = text.lstrip("+-")
-            parts = _DURATION.findall(body)
-            if parts and "".join(n + u for n, u in parts) == body:
-                sign = -1.0 if text.startswith("-") else 1.0
-                return sign * sum(float(n) * _UNIT_S[u] for n, u in parts)
-        else:
-            if not math.isnan(seconds):
-                return seconds
-    raise ValueError(f"invalid keep_alive {value!r}: expected seconds or a duration like '5m'")
 
 
 class EmulatedOllama:
