@@ -142,6 +142,22 @@ def test_holding_models_keeps_one_loaded_past_the_servers_keep_alive(tmp_path: P
     assert simulate(wl, "ollama", hold_models=True).loads == 2  # Ollama alone is not Hearth's to change
 
 
+def test_a_client_s_own_keep_alive_reaches_the_server_through_either_policy(tmp_path: Path) -> None:
+    """A client that sends keep_alive -1 (Home Assistant) keeps its model over the idle gap, alone
+    or through Hearth, whose policy counts on it; one that sends 60 s loses it sooner, even where
+    Hearth holds models (a keep_alive someone chose is theirs)."""
+    path = tmp_path / "w.yaml"
+    for keep_alive, loads in ((-1, 1), (60, 2)):
+        path.write_text(
+            IDLE_GAP.replace(
+                "x: {priority: interactive}", f"x: {{priority: interactive, keep_alive_s: {keep_alive}}}"
+            )
+        )
+        wl = load_workload(path)
+        assert [simulate(wl, p).loads for p in ("ollama", "hearth")] == [loads, loads]
+        assert simulate(wl, "hearth", hold_models=True).loads == loads
+
+
 @pytest.mark.parametrize("servers", [1, 2])
 def test_holding_models_loads_no_more_on_any_reference_trace(servers: int) -> None:
     """The unloads Ollama's idle timer made are gone; those Hearth decides stay. On the traces

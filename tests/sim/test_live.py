@@ -253,3 +253,17 @@ def test_a_held_model_outlives_the_servers_keep_alive_through_the_real_gateway(t
     plain, _ = play(wl, "hearth", speed=1000.0)
     assert all(o.completed for o in held.outcomes + plain.outcomes)
     assert (held.loads, plain.loads) == (1, 2)
+
+
+def test_a_client_s_own_keep_alive_is_sent_on_through_the_real_gateway(tmp_path: Path) -> None:
+    """The same gap with a client that sends keep_alive -1 (Home Assistant), scaled to the run's
+    speed: the model stays over the gap, straight to the server or through Hearth."""
+    path = tmp_path / "w.yaml"
+    path.write_text(
+        IDLE_GAP.replace("x: {priority: interactive}", "x: {priority: interactive, keep_alive_s: -1}")
+    )
+    wl = load_workload(path)
+    for policy in ("ollama", "hearth"):
+        result, _ = play(wl, policy, speed=1000.0)
+        assert all(o.completed for o in result.outcomes)
+        assert result.loads == 1, policy

@@ -296,7 +296,9 @@ def test_a_tenant_may_mix_kinds_and_give_one_entry_without_a_list(tmp_path: Path
 def test_a_tenant_without_traffic_sends_nothing(tmp_path: Path) -> None:
     w = load(tmp_path, doc({"quiet": {"priority": "batch", "max_wait_s": 5, "max_queue": 2, "weight": 3}}))
     assert w.arrivals == ()
-    assert dataclasses.astuple(w.tenants["quiet"]) == ("quiet", "batch", 3.0, 5.0, 2, True)
+    assert dataclasses.astuple(w.tenants["quiet"]) == ("quiet", "batch", 3.0, 5.0, 2, True, None)
+    w = load(tmp_path, doc({"voice": {"priority": "interactive", "keep_alive_s": -1}}))
+    assert w.tenants["voice"].keep_alive_s == -1.0  # what its client sends: forever
 
 
 # Hand-written traces

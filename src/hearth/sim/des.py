@@ -166,7 +166,8 @@ def simulate(
     hold_models: bool = False,
 ) -> Result:
     """Play the trace through ``policy``. ``hold_models``: Hearth holds models (the backend
-    setting): its calls carry keep_alive -1, and its policy counts on idle models staying."""
+    setting): its calls carry keep_alive -1 (unless the tenant's client sends its own), and its
+    policy counts on idle models staying."""
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}: expected one of {', '.join(POLICIES)}")
     clock = _Clock()
@@ -227,6 +228,7 @@ def simulate(
             server = servers.names[tenant_names.index(a.tenant) % len(servers.names)]
             req = request(i, a, server)
             outcomes[i] = Outcome(a, None, None, service_s(req))
+            req.keep_alive_s = wl.tenants[a.tenant].keep_alive_s
             servers.models[server].submit(req, clock.now)
 
         after = servers.arm
@@ -253,7 +255,8 @@ def simulate(
             req.tags["server"] = job.backend
             req.tags["job"] = job
             req.tags["attempt"] = job.preempted
-            if hold_models:
+            req.keep_alive_s = job.keep_alive  # the client's, sent on
+            if hold_models and req.keep_alive_s is None:
                 req.keep_alive_s = -1.0  # forever, as Ollama reads a negative keep_alive
             model.submit(req, clock.now)
 
@@ -305,6 +308,7 @@ def simulate(
                 cost=a.prompt_tokens + a.output_tokens,
                 tag=req,
                 preemptible=a.priority == "batch" and not t.stream,
+                keep_alive=t.keep_alive_s,
             )
             pol.submit(job, clock.now)
 

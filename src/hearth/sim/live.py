@@ -13,10 +13,11 @@ the emulator's own compression would report simulated seconds to a gateway count
 
 Clients replay the arrivals at ``t / speed`` real seconds with POST /api/generate calls,
 streamed unless the tenant's client does not stream (``stream: false``, which lets Hearth
-preempt its batch calls). A request's start (prompt evaluation begins, as des.py measures
-waits) is its first streamed token minus what the server spent before sending it: the prompt
-and the tokens of that first line; without a stream, the answer's arrival minus its service
-time (a stopped run starts again from scratch). Times are converted back to simulated seconds.
+preempt its batch calls), with the tenant's ``keep_alive_s`` (divided by ``speed``) if it has
+one. A request's start (prompt evaluation begins, as des.py measures waits) is its first
+streamed token minus what the server spent before sending it: the prompt and the tokens of
+that first line; without a stream, the answer's arrival minus its service time (a stopped run
+starts again from scratch). Times are converted back to simulated seconds.
 
 Everything shares one event loop: servers, Hearth and clients. That keeps them on one clock
 and off the GIL's 5 ms switch interval, but lets a busy callback delay the others, so the loop
@@ -312,8 +313,9 @@ async def _replay(
             if delay > 0:
                 await asyncio.sleep(delay)
             url, headers = targets[a.tenant]
-            stream = workload.tenants[a.tenant].stream
-            call = _call(session, url, headers, workload.models[a.model], outcome, now, stream)
+            t = workload.tenants[a.tenant]
+            keep_alive = None if t.keep_alive_s is None else t.keep_alive_s / speed  # -1 stays negative
+            call = _call(session, url, headers, workload.models[a.model], outcome, now, t.stream, keep_alive)
             tasks.append(asyncio.create_task(call))
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
@@ -335,14 +337,17 @@ async def _call(
     out: Outcome,
     now: Callable[[], float],
     stream: bool = True,
+    keep_alive: float | None = None,
 ) -> None:
     a: Arrival = out.arrival
-    body = {
+    body: dict[str, object] = {
         "model": a.model,
         "prompt": "x" * (4 * a.prompt_tokens),  # the emulator counts a token per 4 characters
         "stream": stream,
         "options": {"num_predict": a.output_tokens},
     }
+    if keep_alive is not None:
+        body["keep_alive"] = keep_alive
     try:
         async with session.post(url + "/api/generate", json=body, headers=headers) as resp:
             if resp.status != 200:

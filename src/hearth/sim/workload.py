@@ -22,6 +22,7 @@ arrivals as they were; the same seed gives the same arrivals::
         max_queue: 50         # the longest queue Hearth keeps for it (optional)
         stream: true          # its client streams (the default); a batch client that does not
                               # may have a run aborted for an interactive request, and resent
+        keep_alive_s: -1      # the keep_alive its client sends (optional; negative: forever)
         traffic:
           - kind: sessions    # a person chatting: Poisson session starts, messages think_s apart
             model: llama3.1:8b
@@ -96,6 +97,9 @@ class TenantSpec:
     max_wait_s: float | None = None  # the bound on queue wait Hearth must keep for this tenant
     max_queue: int | None = None  # longest queue Hearth keeps for this tenant
     stream: bool = True  # its client streams; if not, Hearth may abort and resend its batch calls
+    # The keep_alive its client sends, in seconds (negative: forever, as Home Assistant's -1);
+    # None: it sends none, and the server's default applies.
+    keep_alive_s: float | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -234,6 +238,7 @@ class _Tenant(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_wait_s: _PosFloat | None = None
     max_queue: _PosInt | None = None
     stream: bool = True
+    keep_alive_s: float | None = None
     traffic: list[_AnyTraffic] = msgspec.field(default_factory=list)
 
 
@@ -305,7 +310,13 @@ class _Loader:
             for i, entry in enumerate(spec.traffic):
                 self.check_traffic(f"{key}.traffic[{i}]", entry, models)
             tenants[name] = TenantSpec(
-                name, spec.priority, spec.weight, spec.max_wait_s, spec.max_queue, spec.stream
+                name,
+                spec.priority,
+                spec.weight,
+                spec.max_wait_s,
+                spec.max_queue,
+                spec.stream,
+                spec.keep_alive_s,
             )
             traffic[name] = spec.traffic
 
