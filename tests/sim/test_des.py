@@ -40,14 +40,18 @@ def test_every_request_ends_served_or_refused(reference: Workload, policy: str) 
             assert o.finished_at is None
 
 
-def test_on_the_reference_hearth_loads_less_and_serves_interactive_requests_sooner(
+def test_on_the_reference_hearth_keeps_every_bound_and_serves_interactive_requests_sooner(
     reference: Workload,
 ) -> None:
+    """Ollama alone keeps Home Assistant's model (keep_alive -1) and makes the others queue behind
+    its FIFO; Hearth starts every request within its tenant's bound. (It makes about as many
+    loads as Ollama alone here: bench/README.md.)"""
     rows = {
         p: summarize(p, (r := simulate(reference, p)).outcomes, r.loads, reference.tenants)
         for p in ("ollama", "hearth")
     }
-    assert rows["hearth"]["model_loads"] < rows["ollama"]["model_loads"]  # type: ignore[operator]
+    over = {p: sum(row["over_bound"].values()) for p, row in rows.items()}  # type: ignore[attr-defined]
+    assert over["hearth"] == 0 < over["ollama"]
     assert rows["hearth"]["interactive_wait_p95_s"] < rows["ollama"]["interactive_wait_p95_s"]  # type: ignore[operator]
 
 
