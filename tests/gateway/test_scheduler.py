@@ -456,6 +456,16 @@ def test_an_unload_request_takes_no_slot_and_never_loads_the_model_first(live: A
         assert o.loaded == [OTHER]
 
 
+@pytest.mark.parametrize("zero", ["0s", "0m", "0.0"])
+def test_a_zero_keep_alive_written_as_a_duration_is_an_unload_too(live: Any, oc: Any, zero: str) -> None:
+    with FakeOllama(models=[MODEL, OTHER], loaded=[MODEL]) as o:
+        hearth = live(settings_for(o, max_loaded_models=1))
+        oc(hearth.url).generate(model=MODEL, prompt="", keep_alive=zero)
+        assert o.loaded == []
+        assert [body_of(r)["keep_alive"] for r in o.requests_to("/api/generate")] == [zero]
+        assert metric(hearth, "hearth_model_loads_total", backend="o1") == 0
+
+
 def test_a_backend_with_hold_models_gets_keep_alive_minus_one_unless_the_client_or_an_alias_set_one(
     live: Any,
 ) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -549,16 +548,9 @@ class Gateway:
         return msgspec.json.encode(body)
 
 
-_ZERO_DURATION = re.compile(r"0+(\.0*)?(ns|us|µs|ms|s|m|h)?")
-
-
 def _is_unload(req: CanonicalRequest) -> bool:
     """Ollama's unload request: keep_alive 0 and nothing to generate (Open WebUI's unload)."""
-    k = req.keep_alive
-    zero = (isinstance(k, (int, float)) and not isinstance(k, bool) and k == 0) or (
-        isinstance(k, str) and _ZERO_DURATION.fullmatch(k.strip()) is not None
-    )
-    if not zero:
+    if parse_keep_alive(req.keep_alive) != 0:  # checked on decoding: it parses
         return False
     if isinstance(req, CompletionRequest):
         return not req.prompt and not req.images
