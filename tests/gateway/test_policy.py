@@ -485,6 +485,40 @@ def test_a_request_s_own_keep_alive_decides_how_long_its_model_is_counted_loaded
     assert h.job("voice", 1_320.0).loads
 
 
+def test_the_backend_s_own_expiry_decides_how_long_an_idle_model_is_counted_loaded() -> None:
+    """/api/ps says when Ollama unloads each idle model. It knows keep_alives Hearth never sent
+    (OLLAMA_KEEP_ALIVE=24h on the server, a client that talks to Ollama directly), so the policy
+    believes it over its own keep_alive count, until Hearth uses the model again."""
+    h = Harness(BackendSpec("b", memory=48 * GB, max_loaded=2, keep_alive=300.0))
+    sizes = {"voice": 10 * GB, "chat": 5 * GB}
+    h.policy.observe(
+        "b", 0.0, True, {**sizes, "coder": 10 * GB}, sizes, {"voice": math.inf, "chat": 86_400.0}
+    )
+    # Long past the configured 300 s: both are still there, so coder must evict one to load.
+    coder = h.job("coder", 1_000.0)
+    assert coder.loads and len(coder.unload) == 1
+    kept = ({"voice", "chat"} - set(coder.unload)).pop()
+    again = h.job(kept, 1_000.0)
+    assert again.backend == "b" and not again.loads
+    # Once Hearth has used the model, its own count applies again until the next poll says otherwise.
+    h.policy.finish(again, 1_010.0)
+    h.policy.finish(coder, 1_010.0)
+    assert h.job(kept, 1_320.0).loads
+
+
+def test_an_expiry_not_in_the_future_means_another_client_is_using_the_model() -> None:
+    """Ollama sets a model's expiry when it goes idle; while a client that bypasses Hearth uses
+    it, /api/ps shows the old one, already past. The model is in use: not about to go."""
+    h = Harness(BackendSpec("b", memory=48 * GB, max_loaded=1, keep_alive=300.0))
+    h.policy.observe("b", 0.0, True, {"m": 5 * GB, "n": 5 * GB}, {"m": 5 * GB}, {"m": 100.0})
+    h.policy.observe("b", 400.0, True, {"m": 5 * GB, "n": 5 * GB}, {"m": 5 * GB}, {"m": -300.0})
+    # Counted as just used at 400: still loaded at 650 (the model's own keep_alive after its use).
+    j = h.job("n", 650.0)
+    assert j.loads and j.unload == ("m",)
+    snapshot = h.policy.snapshot(650.0)["backends"][0]["models"]
+    assert [(m["model"], m["unloads_in_s"]) for m in snapshot] == [("n", None)]
+
+
 def test_a_keep_alive_0_request_leaves_its_model_unloaded_once_done() -> None:
     h = Harness(BackendSpec("b", memory=48 * GB, max_loaded=1, keep_alive=300.0))
     h.loaded("b", {}, also=("once", "next"))

@@ -4,8 +4,10 @@ who goes first, bounded queues, clients leaving while queued, and model switches
 from __future__ import annotations
 
 import concurrent.futures
+import math
 import socket
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -17,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import LiveHearth, eventually, make_settings
 from tests.fakes import FakeOllama, Recorded
 
+from hearth.gateway.scheduler import seconds_left
 from hearth.settings import Settings
 
 MODEL = "llama3.1:8b"
@@ -524,6 +527,48 @@ def test_the_scheduler_counts_on_the_keep_alive_each_call_carried(live: Any) -> 
                 client.chat(model=MODEL, messages=say, keep_alive="soon")
         assert err.value.status_code == 400 and "keep_alive" in err.value.error
         assert len(o.requests_to("/api/chat")) == 4  # the bad one never reached the backend
+
+
+def test_the_scheduler_reads_when_ollama_unloads_each_idle_model_from_api_ps(live: Any) -> None:
+    """A server started with OLLAMA_KEEP_ALIVE=-1, or a client that talks to Ollama directly,
+    keeps models longer than Hearth's configured keep_alive: /api/ps expires_at tells, and the
+    admin queue shows what the scheduler now counts on."""
+    with FakeOllama(models=[MODEL, OTHER]) as o:
+        o.load(MODEL, keep_alive=-1)
+        o.load(OTHER, keep_alive=3600)
+        hearth = live(settings_for(o, keep_alive=120))
+        hearth.refresh()
+        [backend] = queue(hearth)["backends"]
+        left = {m["model"]: m["unloads_in_s"] for m in backend["models"]}
+        assert left[MODEL] == -1
+        assert 3590 < left[OTHER] <= 3600
+        # Used through Hearth, a model is counted on Hearth's own keep_alive again.
+        assert chat(hearth.url, "a", model=OTHER).status_code == 200
+        [backend] = queue(hearth)["backends"]
+        left = {m["model"]: m["unloads_in_s"] for m in backend["models"]}
+        assert left[MODEL] == -1 and 110 < left[OTHER] <= 120
+
+
+@pytest.mark.parametrize(
+    ("expires_at", "left"),
+    [
+        ("2026-12-07T22:00:10.123456789Z", 10.123),  # Go's RFC 3339 with nanoseconds
+        ("2026-12-07T23:00:10+01:00", 10.0),
+        ("2318-06-01T00:00:00Z", math.inf),  # keep_alive -1
+        ("0001-01-01T00:00:00Z", -63_000_000_000.0),  # not set yet: the model is loading
+        ("", None),
+        ("soon", None),
+    ],
+)
+def test_an_api_ps_expiry_reads_as_seconds_left(expires_at: str, left: float | None) -> None:
+    now = datetime(2026, 12, 7, 22, 0, tzinfo=UTC).timestamp()
+    got = seconds_left(expires_at, now)
+    if left is None or math.isinf(left):
+        assert got == left
+    elif left < 0:
+        assert got is not None and got < left
+    else:
+        assert got == pytest.approx(left, abs=1e-3)
 
 
 # ---- preemption --------------------------------------------------------------------------------

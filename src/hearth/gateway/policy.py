@@ -5,8 +5,9 @@ so the simulator measures this very code.
 
 What it knows of each backend: parallel slots per model (Ollama's OLLAMA_NUM_PARALLEL), how many
 models and how much memory it can hold, which models are loaded (its own grants, reconciled
-with /api/ps) and how long each stays once idle (as in Ollama, the keep_alive of the last call
-sent to it: a client's, such as Home Assistant's -1, or an alias's; else the backend's), each
+with /api/ps) and how long each stays once idle (the expiry /api/ps last showed for it, which
+knows keep_alives Hearth did not send; else, as in Ollama, the keep_alive of the last call sent
+to it: a client's, such as Home Assistant's -1, or an alias's; else the backend's), each
 model's size, and a load-time estimate per model (size / bandwidth plus a fixed part until a
 load is observed, then a moving average of observed loads).
 
@@ -164,10 +165,19 @@ class _Runner:
     # Seconds it stays loaded once idle, as the last request sent to it asked (Ollama: the last
     # one wins); math.inf: forever; None: the backend's default.
     keep_alive: float | None = None
+    # When the backend said it unloads this idle model (/api/ps expires_at; math.inf: never):
+    # it knows keep_alives Hearth did not send (OLLAMA_KEEP_ALIVE, other clients). None: count
+    # keep_alive from last_used. Hearth's next use of the runner makes it stale.
+    expires: float | None = None
 
     @property
     def in_flight(self) -> int:
         return len(self.jobs)
+
+    def touch(self, now: float) -> None:
+        """Hearth used it: its idle time, and the backend's expiry, start again."""
+        self.last_used = now
+        self.expires = None
 
 
 @dataclass(slots=True)
@@ -233,9 +243,19 @@ class Policy:
     # ---- the driver's calls ---------------------------------------------------------------
 
     def observe(
-        self, backend: str, now: float, up: bool, sizes: Mapping[str, float], loaded: Mapping[str, float]
+        self,
+        backend: str,
+        now: float,
+        up: bool,
+        sizes: Mapping[str, float],
+        loaded: Mapping[str, float],
+        expires: Mapping[str, float] | None = None,
     ) -> None:
-        """What a poll of the backend found: served models with sizes, loaded models with sizes."""
+        """What a poll of the backend found: served models with sizes, loaded models with sizes,
+        and in ``expires`` the seconds until the backend unloads each loaded model if it stays
+        idle (math.inf: never). Ollama sets that time when a model goes idle, so one not in the
+        future means the model is in use by a client that does not go through Hearth (or still
+        loading): it counts as just used."""
         b = self._backends[backend]
         b.up = up
         if up:
@@ -250,9 +270,15 @@ class Policy:
                     continue
                 r = b.runners.get(model)
                 if r is None:
-                    b.runners[model] = _Runner(model, size, last_used=now)
+                    r = b.runners[model] = _Runner(model, size, last_used=now)
                 elif size:
                     r.size = size
+                left = None if expires is None else expires.get(model)
+                if left is not None and r.in_flight == 0 and not r.loading:
+                    if left > 0:
+                        r.expires = now + left
+                    else:
+                        r.touch(now)
             for model in list(b.runners):
                 r = b.runners[model]
                 if model not in loaded and r.in_flight == 0 and not r.loading:
@@ -317,7 +343,7 @@ class Policy:
         if r is not None:
             if job in r.jobs:
                 r.jobs.remove(job)
-            r.last_used = now
+            r.touch(now)
             if job.loads and not job.started:
                 # The load did not complete: the model may not be there.
                 r.loading = False
@@ -408,8 +434,8 @@ class Policy:
             if b.switching is not None:
                 times.append(b.switch_ends)
             for r in b.runners.values():
-                if r.in_flight == 0 and b.spec.loads_models and math.isfinite(_kept(b, r)):
-                    times.append(r.last_used + _kept(b, r))
+                if r.in_flight == 0 and b.spec.loads_models and math.isfinite(_unloads_at(b, r)):
+                    times.append(_unloads_at(b, r))
         times.extend(self._switch_due)
         times.extend(t + s.session_gap for t in self._served.values())
         for value, then in self._interactive.values():
@@ -457,6 +483,8 @@ class Policy:
                             "idle_s": None if r.in_flight else round(now - r.last_used, 3),
                             # How long it stays once idle, as its last request asked; -1: forever.
                             "keep_alive_s": -1 if math.isinf(_kept(b, r)) else _kept(b, r),
+                            # Seconds until the backend unloads it, if it stays idle; -1: never.
+                            "unloads_in_s": _unloads_in(b, r, now),
                         }
                         for r in b.runners.values()
                     ],
@@ -498,7 +526,7 @@ class Policy:
                 b.switching = None
             if b.spec.loads_models:
                 for r in [r for r in b.runners.values() if r.in_flight == 0 and not r.loading]:
-                    if now - r.last_used >= _kept(b, r):
+                    if now >= _unloads_at(b, r):
                         del b.runners[r.model]  # the backend unloads idle models after keep_alive
         for tenants in list(self._queues.values()):
             for q in list(tenants.values()):
@@ -774,7 +802,7 @@ class Policy:
         counts the time it waited here, not the time it ran."""
         assert job.granted_at is not None
         r.jobs.remove(job)
-        r.last_used = now
+        r.touch(now)
         b.in_flight -= 1
         job.arrived += now - job.granted_at
         job.backend = job.granted_at = None
@@ -838,7 +866,7 @@ class Policy:
         if r is None:
             if not b.spec.loads_models:
                 r = b.runners[model] = _Runner(model, 0.0, last_used=now)
-        elif r.in_flight == 0 and not r.loading and now - r.last_used >= _kept(b, r):
+        elif r.in_flight == 0 and not r.loading and now >= _unloads_at(b, r):
             del b.runners[model]  # idle past keep_alive: the backend has unloaded it
             return None
         return r
@@ -847,7 +875,7 @@ class Policy:
         job.backend = b.spec.name
         job.granted_at = now
         r.jobs.append(job)
-        r.last_used = now
+        r.touch(now)
         ka = job.keep_alive
         r.keep_alive = math.inf if ka is not None and ka < 0 else ka
         b.in_flight += 1
@@ -934,3 +962,17 @@ class Policy:
 def _kept(b: _Backend, r: _Runner) -> float:
     """Seconds ``r`` stays loaded on ``b`` once idle."""
     return b.spec.keep_alive if r.keep_alive is None else r.keep_alive
+
+
+def _unloads_at(b: _Backend, r: _Runner) -> float:
+    """When ``r`` unloads on ``b`` if it stays idle: when the backend said, else keep_alive after
+    its last use."""
+    return r.expires if r.expires is not None else r.last_used + _kept(b, r)
+
+
+def _unloads_in(b: _Backend, r: _Runner, now: float) -> float | None:
+    """Seconds until ``r`` unloads if it stays idle (-1: never); None while it is in use."""
+    if r.in_flight or r.loading or not b.spec.loads_models:
+        return None
+    at = _unloads_at(b, r)
+    return -1 if math.isinf(at) else round(max(0.0, at - now), 3)

@@ -20,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from hearth.backends.pool import BackendState, Pool, canonical_name
@@ -343,5 +345,26 @@ class Scheduler:
             now = self.now()
         except RuntimeError:
             return  # polled outside a loop (tests building a pool by hand)
-        self.policy.observe(state.name, now, state.up, sizes, loaded)
+        wall = time.time()
+        expires = {
+            canonical_name(n, kind): left
+            for n, m in state.loaded.items()
+            if (left := seconds_left(m.expires_at, wall)) is not None
+        }
+        self.policy.observe(state.name, now, state.up, sizes, loaded, expires)
         self.arm()
+
+
+FOREVER_S = 10 * 365 * 86400.0  # an expiry further off than this is keep_alive -1 (Ollama: year 2318)
+
+
+def seconds_left(expires_at: str, wall: float) -> float | None:
+    """Seconds from ``wall`` (epoch) to an /api/ps ``expires_at`` (math.inf past FOREVER_S);
+    None when there is none or it cannot be read."""
+    if not expires_at:
+        return None
+    try:
+        left = datetime.fromisoformat(expires_at).timestamp() - wall
+    except (ValueError, OverflowError, OSError):
+        return None
+    return math.inf if left > FOREVER_S else left

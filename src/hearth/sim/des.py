@@ -284,7 +284,9 @@ def simulate(
 
         def poll() -> None:
             for name, m in servers.models.items():
-                pol.observe(name, clock.now, True, sizes, {k: v * GB for k, v in m.loaded().items()})
+                loaded = {k: v * GB for k, v in m.loaded().items()}
+                expires = {k: e for k in loaded if (e := m.unloads_in(k, clock.now)) is not None}
+                pol.observe(name, clock.now, True, sizes, loaded, expires)
             if len(outcomes) < len(wl.arrivals) or any(
                 o.finished_at is None and o.rejected is None for o in outcomes.values()
             ):

@@ -223,6 +223,14 @@ class OllamaModel:
         runner = self._runners.get(model)
         return runner.expires_at if runner is not None else None
 
+    def unloads_in(self, model: str, now: float) -> float | None:
+        """What /api/ps tells of an idle runner: seconds until it unloads (math.inf: never).
+        None while it is referenced (Ollama's expiry is then stale) or not loaded."""
+        runner = self._runners.get(model)
+        if runner is None or runner.refs:
+            return None
+        return math.inf if runner.expires_at is None else runner.expires_at - now
+
     def prompt_seconds(self, req: SimRequest) -> float:
         return req.prompt_tokens / self.models[req.model].prompt_tokens_per_s
 
