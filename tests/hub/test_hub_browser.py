@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import httpx
 import ollama
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
-from tests.conftest import LiveHearth, make_settings
+from tests.conftest import LiveHearth, eventually, make_settings
 from tests.fakes import FakeOllama, FakeOpenAI
 
 from hearth.hub.session import hash_password
@@ -196,6 +197,40 @@ def test_a_tenant_logged_in_with_its_key_sees_only_its_own_calls(page: Page) -> 
             hearth.app.state.auth.store.revoke_key(family.split("_")[1])
             page.goto(hearth.url + "/hub/traces")
             expect(page).to_have_url(re.compile(r"/hub/login\?next="))
+
+
+def test_the_overview_shows_who_waits_for_which_model_and_what_the_scheduler_holds(page: Page) -> None:
+    """One slot on llama3.1:8b, held busy at the backend: the next request waits in Hearth's
+    queue, and the open overview shows it there, then gone once both are answered."""
+    with FakeOllama(models=["llama3.1:8b"], loaded=["llama3.1:8b"]) as fake:
+        settings = make_settings(
+            [{"name": "local", "kind": "ollama", "url": fake.url, "keep_alive": 600}],
+            auth={"trusted_networks": {}},
+            tenants={"family": {}, "health": {"max_wait": 120}},
+            hub={"admins": {"admin": hash_password(PASSWORD)}},
+        )
+        with LiveHearth(settings) as hearth, ThreadPoolExecutor(2) as pool:
+            family, health = new_key(hearth, "family"), new_key(hearth, "health")
+            log_in_with_password(page, hearth.url)
+            expect(page.locator("#waiting")).to_contain_text("Nobody waits.")
+            model = page.locator("#sched-models tr[data-model='llama3.1:8b']")
+            fake.hold()
+            first = pool.submit(chat, hearth.url, family, "first")
+            assert eventually(lambda: len(fake.requests_to("/api/chat")) == 1)
+            second = pool.submit(chat, hearth.url, health, "second")
+            row = page.locator("#waiting tr[data-tenant=health]")
+            expect(row).to_contain_text("llama3.1:8b")
+            expect(row).to_contain_text("interactive")
+            expect(row.locator("td").last).to_have_text("2 min")  # its max_wait
+            expect(model.locator(".model-state")).to_have_text("running 1 of 1")
+            shot(page, "11-overview-waiting")
+            fake.release()
+            assert first.result(timeout=30) == "echo: first"
+            assert second.result(timeout=30) == "echo: second"
+            expect(page.locator("#waiting")).to_contain_text("Nobody waits.")
+            expect(model.locator(".model-state")).to_contain_text("idle")
+            expect(model).to_contain_text(re.compile(r"in (9|10) min"))  # the backend's keep_alive
+            expect(page.locator("#sched-totals")).to_contain_text("0 model loads")
 
 
 def test_usage_page_draws_charts_that_fit_a_phone(browser: Browser) -> None:

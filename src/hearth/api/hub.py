@@ -101,6 +101,20 @@ def _num(x: float | int | None, digits: int = 0) -> str:
     return f"{x:,.{digits}f}"
 
 
+def _secs(x: float | None) -> str:
+    """A duration for reading: 45 s, 4 min 10 s, 2 h 5 min; -1 is for ever."""
+    if x is None:
+        return ""
+    if x < 0:
+        return "for ever"
+    s = round(x)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s" if s % 60 else f"{s // 60} min"
+    return f"{s // 3600} h {s % 3600 // 60} min" if s % 3600 // 60 else f"{s // 3600} h"
+
+
 def _pretty(value: Any) -> str:
     """JSON for reading (escaped by the template like any text, unlike Jinja's tojson)."""
     return json.dumps(value, indent=2, ensure_ascii=False)
@@ -138,7 +152,7 @@ class HubAPI:
         )
         self.templates = Jinja2Templates(directory=HUB / "templates")
         env = self.templates.env
-        env.filters.update(when=_when, gb=_gb, num=_num, money=_money, pretty=_pretty)
+        env.filters.update(when=_when, gb=_gb, num=_num, money=_money, pretty=_pretty, secs=_secs)
         env.globals.update(
             live_every=LIVE_EVERY_MS, since_choices=SINCE_CHOICES, usage_spans=list(USAGE_BUCKETS)
         )

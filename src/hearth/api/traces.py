@@ -251,4 +251,5 @@ async def overview_figures(
     figures["backends"] = [s.as_json() for s in pool.states]
     figures["queue"] = scheduler.waiting_by_model()
     figures["queue_by_backend"] = scheduler.waiting_by_backend()
+    figures["scheduler"] = scheduler.snapshot()
     return figures
