@@ -484,7 +484,7 @@ def _sim_targets(verdict: dict[str, object]) -> list[str]:
         (
             "throughput_not_lower",
             "throughput not lower",
-            ratio("throughput_ratio", "candidate/baseline, >= 1"),
+            ratio("throughput_ratio", "candidate/baseline, >= 1") + _throughput_parts(verdict),
         ),
     ]
     width = max(len(label) for _, label, _ in checks)
@@ -492,6 +492,18 @@ def _sim_targets(verdict: dict[str, object]) -> list[str]:
         f"{label:<{width}}  {'met' if targets.get(key) else 'not met':<7}  {detail}"
         for key, label, detail in checks
     ]
+
+
+def _throughput_parts(verdict: dict[str, object]) -> str:
+    """The throughput ratio's two factors, in words: requests answered, and the drain time."""
+    done, span = verdict.get("completed"), verdict.get("makespan_s")
+    if not (isinstance(done, list) and isinstance(span, list)) or None in (*done, *span):
+        return ""
+    later = span[1] - span[0]
+    drained = (
+        "at the same time" if abs(later) < 0.5 else f"{abs(later):.0f} s {'later' if later > 0 else 'sooner'}"
+    )
+    return f": {done[1]:g} answered against {done[0]:g}, the last {drained}"
 
 
 def _floor_line(floor: Floor, baseline: dict[str, object]) -> str:

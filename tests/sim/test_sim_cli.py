@@ -60,6 +60,12 @@ def test_a_plain_run_prints_a_row_per_policy_and_the_targets() -> None:
         assert line.strip().startswith(label), line
         rest = line.strip().removeprefix(label).lstrip()
         assert rest.startswith("met  " if met[key] else "not met  "), line
+    # The throughput line names its two factors, from the same figures as --json.
+    compared = run_json()["compare"]
+    (done_o, done_h), (span_o, span_h) = compared["completed"], compared["makespan_s"]
+    later = round(abs(span_h - span_o))
+    when = "later" if span_h > span_o else "sooner"
+    assert lines[start + 3].endswith(f": {done_h:g} answered against {done_o:g}, the last {later} s {when}")
 
 
 def test_json_holds_both_policies_and_the_comparison() -> None:

@@ -157,6 +157,9 @@ def compare(baseline: Mapping[str, object], candidate: Mapping[str, object]) -> 
         "loads_ratio": _ratio(b_loads, c_loads),
         "interactive_p95_ratio": _ratio(c_p95, b_p95),
         "throughput_ratio": _ratio(c_tput, b_tput),
+        # Its two factors: requests answered, and how long the trace took to drain.
+        "completed": [_num(baseline, "completed"), _num(candidate, "completed")],
+        "makespan_s": [_num(baseline, "makespan_s"), _num(candidate, "makespan_s")],
         "tenants_over_bound": over_tenants,
         "targets": targets,
         "all_targets_met": all(targets.values()),
