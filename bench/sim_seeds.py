@@ -17,6 +17,7 @@ Home Assistant turns at once on one slot), which no choice of what to load can a
     .venv/bin/python bench/sim_seeds.py                  # seeds 42 and 1-20
     .venv/bin/python bench/sim_seeds.py --seeds 1-6 --json
     .venv/bin/python bench/sim_seeds.py --no-preempt   # the same policy without preemption
+    .venv/bin/python bench/sim_seeds.py --set session_gap=120 --set batch_urgency=0.75
     .venv/bin/python bench/sim_seeds.py --floor 300    # and each seed's loads floor (slow)
     .venv/bin/python bench/sim_seeds.py --duration 14400  # four hours of traffic per seed
     .venv/bin/python bench/sim_seeds.py --hold-models  # Hearth holds models (keep_alive -1)
@@ -115,6 +116,19 @@ def seed_row(
     )
 
 
+def _setting(ap: argparse.ArgumentParser, text: str) -> tuple[str, float]:
+    """NAME=VALUE for a numeric PolicySettings field; the parser's error otherwise."""
+    name, _, value = text.partition("=")
+    fields = {f.name: f for f in dataclasses.fields(PolicySettings)}
+    if name not in fields or fields[name].type not in ("float", float):
+        numeric = sorted(n for n, f in fields.items() if f.type in ("float", float))
+        ap.error(f"--set {text}: NAME must be one of {', '.join(numeric)}")
+    try:
+        return name, float(value)
+    except ValueError:
+        ap.error(f"--set {text}: VALUE must be a number")
+
+
 def parse_seeds(text: str) -> list[int]:
     seeds: list[int] = []
     for part in text.split(","):
@@ -135,8 +149,15 @@ def main() -> None:
     ap.add_argument(
         "--compute-runners", type=float, metavar="C", help="runners share C runners' worth of compute"
     )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a scheduler setting (PolicySettings field, e.g. session_gap=120); repeatable",
+    )
     args = ap.parse_args()
-    settings = PolicySettings(preempt=not args.no_preempt)
+    settings = PolicySettings(preempt=not args.no_preempt, **dict(_setting(ap, text) for text in args.set))
     rows = [
         seed_row(
             s,
