@@ -102,11 +102,9 @@ def _num(x: float | int | None, digits: int = 0) -> str:
 
 
 def _secs(x: float | None) -> str:
-    """A duration for reading: 45 s, 4 min 10 s, 2 h 5 min; -1 is for ever."""
+    """A duration for reading: 45 s, 4 min 10 s, 2 h 5 min."""
     if x is None:
         return ""
-    if x < 0:
-        return "for ever"
     s = round(x)
     if s < 60:
         return f"{s} s"
