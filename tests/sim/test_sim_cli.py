@@ -55,13 +55,13 @@ def test_a_plain_run_prints_a_row_per_policy_and_the_targets() -> None:
     labels = ["3x fewer model loads", "interactive p95 wait halved", "no tenant over its bound",
               "throughput not lower"]  # fmt: skip
     keys = ["loads_3x_fewer", "interactive_p95_halved", "no_tenant_over_bound", "throughput_not_lower"]
-    met = run_json()["compare"]["targets"]
+    compared = run_json()["compare"]
+    met = compared["targets"]
     for line, label, key in zip(lines[start : start + 4], labels, keys, strict=True):
         assert line.strip().startswith(label), line
         rest = line.strip().removeprefix(label).lstrip()
         assert rest.startswith("met  " if met[key] else "not met  "), line
     # The throughput line names its two factors, from the same figures as --json.
-    compared = run_json()["compare"]
     (done_o, done_h), (span_o, span_h) = compared["completed"], compared["makespan_s"]
     later = round(abs(span_h - span_o))
     when = "later" if span_h > span_o else "sooner"
